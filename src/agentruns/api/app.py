@@ -1,0 +1,103 @@
+"""The FastAPI application factory; the embedded worker runs in its lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.responses import PlainTextResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from agentruns import __version__
+from agentruns.api.errors import install_error_handlers
+from agentruns.api.limits import BodySizeLimit
+from agentruns.api.responses import JSONResponse
+from agentruns.api.routes import agents, events, runs
+from agentruns.config import Settings
+from agentruns.engine.executor import Executor
+from agentruns.engine.worker import Worker
+from agentruns.store.database import Database
+
+log = logging.getLogger(__name__)
+
+
+def build_worker(db: Database, settings: Settings, http: httpx.AsyncClient) -> Worker:
+    executor = Executor(
+        db,
+        http=http,
+        default_model=settings.resolved_default_model(),
+        flush_interval_s=settings.delta_flush_interval_s,
+    )
+    return Worker(
+        db,
+        executor,
+        concurrency=settings.worker_concurrency,
+        lease_s=settings.lease_seconds,
+        poll_interval_s=settings.poll_interval_s,
+        max_attempts=settings.max_attempts,
+    )
+
+
+def model_http_client() -> httpx.AsyncClient:
+    # Model calls stream for minutes; only connecting should be quick.
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(300.0, connect=10.0),
+        limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+    )
+
+
+def create_app(settings: Settings, *, with_worker: bool = False) -> FastAPI:
+    """The HTTP API; with `with_worker`, one worker runs in the same process and loop."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        db = Database(settings.database_url)
+        await db.start()
+        app.state.db = db
+        worker_task: asyncio.Task[None] | None = None
+        worker: Worker | None = None
+        async with model_http_client() as http:
+            if with_worker:
+                worker = build_worker(db, settings, http)
+                worker_task = asyncio.create_task(worker.run(), name="agentruns-worker")
+            try:
+                yield
+            finally:
+                if worker is not None and worker_task is not None:
+                    worker.stop()
+                    await worker_task
+                await db.close()
+
+    app = FastAPI(
+        title="agentruns",
+        version=__version__,
+        summary="LLM agents as an asynchronous HTTP API",
+        lifespan=lifespan,
+        default_response_class=JSONResponse,
+    )
+    app.state.settings = settings
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    install_error_handlers(app)
+    app.include_router(agents.router)
+    app.include_router(runs.router)
+    app.include_router(events.router)
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> PlainTextResponse:
+        return PlainTextResponse("ok")
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz(request: Request) -> Response:
+        if await request.app.state.db.ping():
+            return PlainTextResponse("ready")
+        return PlainTextResponse("database unreachable", status_code=503)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return app

@@ -1,0 +1,111 @@
+"""`/v1/agents`: create, read, list, update (a new version each time), delete, publish."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Query, Request
+
+from agentruns.api.auth import current_project
+from agentruns.api.errors import APIError, not_found
+from agentruns.api.responses import JSONResponse, envelope, list_envelope
+from agentruns.api.schemas import AgentCreate, AgentPublish, AgentUpdate
+from agentruns.engine.models import validate_model_spec
+from agentruns.engine.tools import validate_tool_specs
+from agentruns.store import agents
+
+router = APIRouter(prefix="/v1/agents", tags=["agents"])
+
+
+def _check_spec(fields: dict[str, Any]) -> None:
+    """Refuse what a worker could not run, at save time rather than at run time."""
+    try:
+        if fields.get("model"):
+            validate_model_spec(fields["model"])
+    except ValueError as exc:
+        raise APIError(
+            422, f"model: {exc}", details=[{"field": "model", "message": str(exc)}]
+        ) from exc
+    try:
+        validate_tool_specs(fields.get("tools") or [])
+    except ValueError as exc:
+        raise APIError(422, str(exc), details=[{"field": "tools", "message": str(exc)}]) from exc
+
+
+@router.post("", status_code=201)
+async def create_agent(
+    body: AgentCreate, request: Request, project: str = Depends(current_project)
+) -> JSONResponse:
+    spec = body.spec()
+    _check_spec(spec)
+    return envelope(await agents.create_agent(request.app.state.db, project, spec), 201)
+
+
+@router.get("")
+async def list_agents(
+    request: Request,
+    project: str = Depends(current_project),
+    limit: int = Query(20, ge=1, le=100),
+    after: str | None = None,
+) -> JSONResponse:
+    try:
+        items, cursor = await agents.list_agents(
+            request.app.state.db, project, limit=limit, after=after
+        )
+    except LookupError as exc:
+        raise APIError(422, f"after: unknown cursor {after!r}") from exc
+    return list_envelope(items, cursor)
+
+
+@router.get("/{agent_id}")
+async def get_agent(
+    agent_id: str,
+    request: Request,
+    project: str = Depends(current_project),
+    version: int | None = Query(None, ge=1),
+) -> JSONResponse:
+    agent = await agents.get_agent(request.app.state.db, project, agent_id, version=version)
+    if agent is None:
+        raise not_found("agent", agent_id if version is None else f"{agent_id} version {version}")
+    return envelope(agent)
+
+
+@router.patch("/{agent_id}")
+async def update_agent(
+    agent_id: str, body: AgentUpdate, request: Request, project: str = Depends(current_project)
+) -> JSONResponse:
+    changes = body.changes()
+    if changes.get("name", "") is None:
+        raise APIError(422, "name: cannot be null", details=[{"field": "name", "message": "null"}])
+    _check_spec(changes)
+    agent = await agents.update_agent(request.app.state.db, project, agent_id, changes)
+    if agent is None:
+        raise not_found("agent", agent_id)
+    return envelope(agent)
+
+
+@router.delete("/{agent_id}")
+async def delete_agent(
+    agent_id: str, request: Request, project: str = Depends(current_project)
+) -> JSONResponse:
+    if not await agents.delete_agent(request.app.state.db, project, agent_id):
+        raise not_found("agent", agent_id)
+    return envelope({"id": agent_id, "deleted": True})
+
+
+@router.post("/{agent_id}/publish")
+async def publish_agent(
+    agent_id: str,
+    request: Request,
+    body: AgentPublish | None = None,
+    project: str = Depends(current_project),
+) -> JSONResponse:
+    try:
+        agent = await agents.publish_agent(
+            request.app.state.db, project, agent_id, body.version if body else None
+        )
+    except ValueError as exc:
+        raise APIError(422, f"version: {exc}") from exc
+    if agent is None:
+        raise not_found("agent", agent_id)
+    return envelope(agent)

@@ -1,0 +1,89 @@
+"""`GET /v1/agent-runs/{id}/events`: Server-Sent Events, replay then live.
+
+Readers never trust notifications for content: they re-read `run_events`
+after `seq`, so nothing is skipped or repeated whatever wakes them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import orjson
+from fastapi import APIRouter, Depends, Header, Query, Request
+from starlette.responses import StreamingResponse
+
+from agentruns.api.auth import current_project
+from agentruns.api.errors import APIError, not_found
+from agentruns.store import events as event_store
+from agentruns.store import runs
+from agentruns.store.events import TERMINAL_EVENTS
+from agentruns.store.transitions import TERMINAL_STATUSES
+
+router = APIRouter(prefix="/v1/agent-runs", tags=["agent runs"])
+
+
+def format_event(event: event_store.RunEvent) -> bytes:
+    return b"id: %d\nevent: %s\ndata: %s\n\n" % (
+        event.seq,
+        event.type.encode(),
+        orjson.dumps(event.data),
+    )
+
+
+async def event_stream(
+    request: Request, run_id: str, after: int, *, heartbeat_s: float, poll_s: float
+) -> AsyncIterator[bytes]:
+    db = request.app.state.db
+    loop = asyncio.get_running_loop()
+    last_sent = loop.time()
+    with db.notifier.watch_run(run_id) as wake:
+        while True:
+            wake.clear()
+            batch = await event_store.list_events(db, run_id, after=after)
+            for event in batch:
+                yield format_event(event)
+                after = event.seq
+                if event.type in TERMINAL_EVENTS:
+                    return
+            if batch:
+                last_sent = loop.time()
+                continue
+            if await runs.get_run_status(db, run_id) in TERMINAL_STATUSES:
+                # Reconnected after the terminal event: nothing more will come this turn.
+                return
+            if loop.time() - last_sent >= heartbeat_s:
+                yield b": keep-alive\n\n"
+                last_sent = loop.time()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), min(poll_s, heartbeat_s))
+
+
+@router.get("/{run_id}/events")
+async def stream_events(
+    run_id: str,
+    request: Request,
+    project: str = Depends(current_project),
+    after: int | None = Query(None, ge=0),
+    last_event_id: str | None = Header(None),
+) -> StreamingResponse:
+    start = after or 0
+    if last_event_id is not None:
+        if not last_event_id.strip().isdigit():
+            raise APIError(400, "Last-Event-ID must be an event id (a non-negative integer)")
+        start = max(start, int(last_event_id))
+    if await runs.get_run(request.app.state.db, project, run_id) is None:
+        raise not_found("run", run_id)
+    settings = request.app.state.settings
+    return StreamingResponse(
+        event_stream(
+            request,
+            run_id,
+            start,
+            heartbeat_s=settings.sse_heartbeat_s,
+            poll_s=settings.poll_interval_s,
+        ),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

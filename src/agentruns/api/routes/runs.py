@@ -1,0 +1,171 @@
+"""`/v1/agent-runs`: create (idempotently), read, list, continue, cancel."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Depends, Header, Query, Request
+
+from agentruns.api.auth import current_project
+from agentruns.api.errors import APIError, not_found
+from agentruns.api.responses import JSONResponse, envelope, list_envelope
+from agentruns.api.schemas import RunContinue, RunCreate
+from agentruns.engine.templating import MissingVars, render_all
+from agentruns.store import agents, runs
+from agentruns.store.runs import IdempotencyConflict, NewRun, StateConflict
+
+router = APIRouter(prefix="/v1/agent-runs", tags=["agent runs"])
+
+RUN_STATUSES = ("queued", "in_progress", "awaiting_tool_calls", "completed", "failed", "cancelled")
+
+
+async def _pinned_spec(
+    request: Request, project: str, agent_id: str, environment: str
+) -> tuple[int, dict[str, Any]]:
+    """The agent version a new run pins: latest (playground) or published (production)."""
+    db = request.app.state.db
+    agent = await agents.get_agent(db, project, agent_id)
+    if agent is None:
+        raise not_found("agent", agent_id)
+    version = agent["version"]
+    if environment == "production":
+        if agent["published_version"] is None:
+            raise APIError(
+                422,
+                f"agent {agent_id} has no published version; publish one with "
+                f"POST /v1/agents/{agent_id}/publish or use environment=playground",
+                details=[{"field": "environment", "message": "no published version"}],
+            )
+        version = agent["published_version"]
+    spec = await agents.get_agent_spec(db, agent_id, version)
+    assert spec is not None  # versions are never deleted
+    return version, spec
+
+
+def _first_messages(
+    spec: dict[str, Any], values: dict[str, Any], message: str | None
+) -> list[dict[str, Any]]:
+    templates = [spec.get("instructions") or None, None if message else spec.get("prompt")]
+    try:
+        instructions, prompt = render_all(templates, values)
+    except MissingVars as exc:
+        raise APIError(
+            422,
+            f"missing template vars: {', '.join(exc.names)} (give them in vars)",
+            details={"missing_vars": exc.names},
+        ) from exc
+    user_text = message or prompt
+    if not user_text:
+        raise APIError(
+            422,
+            "message: required, because the agent has no prompt",
+            details=[{"field": "message", "message": "required when the agent has no prompt"}],
+        )
+    first: list[dict[str, Any]] = []
+    if instructions:
+        first.append({"role": "system", "content": instructions})
+    first.append({"role": "user", "content": user_text})
+    return first
+
+
+@router.post("")
+async def create_run(
+    body: RunCreate,
+    request: Request,
+    project: str = Depends(current_project),
+    idempotency_key: str | None = Header(None, max_length=255),
+) -> JSONResponse:
+    agent_id = body.target_agent
+    version, spec = await _pinned_spec(request, project, agent_id, body.environment)
+    values = {**(spec.get("vars") or {}), **body.vars}
+    new = NewRun(
+        project_id=project,
+        agent_id=agent_id,
+        agent_version=version,
+        messages=_first_messages(spec, values, body.message),
+        results=[],
+        timeout_s=float(spec.get("timeout_s") or 600),
+        vars=values,
+        callback_url=body.callback_url or spec.get("callback_url"),
+        bundle=body.bundle or spec.get("bundle") or "default",
+        environment=body.environment,
+        metadata=body.metadata,
+    )
+    request_hash = None
+    if idempotency_key is not None:
+        canonical = orjson.dumps(body.model_dump(), option=orjson.OPT_SORT_KEYS)
+        request_hash = hashlib.sha256(canonical).hexdigest()
+    try:
+        run, _created = await runs.create_run(
+            request.app.state.db, new, idempotency_key=idempotency_key, request_hash=request_hash
+        )
+    except IdempotencyConflict as exc:
+        raise APIError(409, str(exc)) from exc
+    return envelope(run)
+
+
+@router.get("")
+async def list_runs(
+    request: Request,
+    project: str = Depends(current_project),
+    status: str | None = Query(None),
+    agent_id: str | None = None,
+    limit: int = Query(20, ge=1, le=100),
+    after: str | None = None,
+) -> JSONResponse:
+    if status is not None and status not in RUN_STATUSES:
+        raise APIError(
+            422,
+            f"status: must be one of {', '.join(RUN_STATUSES)}",
+            details=[{"field": "status", "message": "unknown status"}],
+        )
+    try:
+        items, cursor = await runs.list_runs(
+            request.app.state.db,
+            project,
+            status=status,
+            agent_id=agent_id,
+            limit=limit,
+            after=after,
+        )
+    except LookupError as exc:
+        raise APIError(422, f"after: unknown cursor {after!r}") from exc
+    return list_envelope(items, cursor)
+
+
+@router.get("/{run_id}")
+async def get_run(
+    run_id: str, request: Request, project: str = Depends(current_project)
+) -> JSONResponse:
+    run = await runs.get_run(request.app.state.db, project, run_id)
+    if run is None:
+        raise not_found("run", run_id)
+    return envelope(run)
+
+
+@router.put("/{run_id}")
+async def continue_run(
+    run_id: str, body: RunContinue, request: Request, project: str = Depends(current_project)
+) -> JSONResponse:
+    try:
+        run = await runs.continue_run(request.app.state.db, project, run_id, body.message)
+    except StateConflict as exc:
+        raise APIError(409, str(exc)) from exc
+    if run is None:
+        raise not_found("run", run_id)
+    return envelope(run)
+
+
+@router.post("/{run_id}/cancel")
+async def cancel_run(
+    run_id: str, request: Request, project: str = Depends(current_project)
+) -> JSONResponse:
+    try:
+        run = await runs.cancel_run(request.app.state.db, project, run_id)
+    except StateConflict as exc:
+        raise APIError(409, f"cannot cancel: {exc}") from exc
+    if run is None:
+        raise not_found("run", run_id)
+    return envelope(run)

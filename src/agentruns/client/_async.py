@@ -1,0 +1,243 @@
+"""The asynchronous client: the same API as `AgentRunsClient`, awaited."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from contextlib import aclosing
+from types import TracebackType
+from typing import Any
+
+import httpx
+from httpx_sse import SSEError, aconnect_sse
+
+from ._base import BaseClient, JSONObject, Pager, path, run_create_request
+from ._events import (
+    RETRY,
+    RETRYABLE,
+    STOP,
+    TERMINAL_STATUSES,
+    ReconnectPolicy,
+    RunEvent,
+    StreamCursor,
+    next_step,
+    run_outcome,
+)
+from .errors import APIConnectionError, WaitTimeout
+
+__all__ = ["AsyncAgentRunsClient", "AsyncAgents", "AsyncRuns"]
+
+
+class AsyncAgentRunsClient(BaseClient):
+    """Asynchronous client of an agentruns server; see `AgentRunsClient` for the settings."""
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        *,
+        timeout: float = 30.0,
+        reconnect: ReconnectPolicy | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        super().__init__(base_url, api_key, timeout=timeout, reconnect=reconnect)
+        self._http = httpx.AsyncClient(transport=transport, **self._http_options())
+        self.agents = AsyncAgents(self)
+        self.runs = AsyncRuns(self)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncAgentRunsClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def _send(
+        self,
+        method: str,
+        url: str,
+        *,
+        json: Any = None,
+        params: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Any:
+        """The decoded body of the response; raises the typed error of an error response."""
+        try:
+            response = await self._http.request(
+                method, url, json=json, params=params, headers=headers
+            )
+        except httpx.TransportError as exc:
+            raise self._connection_error(exc, url) from exc
+        return self._body(response)
+
+    async def _request(self, method: str, url: str, **kwargs: Any) -> JSONObject:
+        data: JSONObject = self._data(await self._send(method, url, **kwargs))
+        return data
+
+    async def _paginate(
+        self, url: str, params: Mapping[str, Any], limit: int | None
+    ) -> AsyncIterator[Any]:
+        pager = Pager(params, limit)
+        while not pager.done:
+            for item in pager.take(await self._send("GET", url, params=pager.next_params())):
+                yield item
+
+
+class AsyncAgents:
+    """`client.agents`: agent definitions (Toolhouse calls them chats)."""
+
+    def __init__(self, client: AsyncAgentRunsClient) -> None:
+        self._client = client
+
+    async def create(self, **fields: Any) -> JSONObject:
+        return await self._client._request("POST", path("agents"), json=fields)
+
+    async def get(self, agent_id: str) -> JSONObject:
+        return await self._client._request("GET", path("agents", agent_id))
+
+    def list(self, *, limit: int | None = None) -> AsyncIterator[JSONObject]:
+        """Every agent, page after page (`async for`); `limit` caps how many in all."""
+        return self._client._paginate(path("agents"), {}, limit)
+
+    async def update(self, agent_id: str, **fields: Any) -> JSONObject:
+        return await self._client._request("PATCH", path("agents", agent_id), json=fields)
+
+    async def delete(self, agent_id: str) -> None:
+        await self._client._send("DELETE", path("agents", agent_id))
+
+    async def publish(self, agent_id: str) -> JSONObject:
+        return await self._client._request("POST", path("agents", agent_id, "publish"))
+
+
+class AsyncRuns:
+    """`client.runs`: agent runs, their events, and waiting for them."""
+
+    def __init__(self, client: AsyncAgentRunsClient) -> None:
+        self._client = client
+
+    async def create(
+        self,
+        agent_id: str,
+        vars: Mapping[str, Any] | None = None,
+        *,
+        message: str | None = None,
+        callback_url: str | None = None,
+        bundle: str | None = None,
+        environment: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> JSONObject:
+        """Queue a run of the agent; the run comes back with status `queued`."""
+        body, headers = run_create_request(
+            agent_id,
+            vars=vars,
+            message=message,
+            callback_url=callback_url,
+            bundle=bundle,
+            environment=environment,
+            metadata=metadata,
+            idempotency_key=idempotency_key,
+        )
+        return await self._client._request("POST", path("agent-runs"), json=body, headers=headers)
+
+    async def get(self, run_id: str) -> JSONObject:
+        return await self._client._request("GET", path("agent-runs", run_id))
+
+    def list(
+        self,
+        *,
+        status: str | None = None,
+        agent_id: str | None = None,
+        limit: int | None = None,
+    ) -> AsyncIterator[JSONObject]:
+        """Runs, newest first, page after page (`async for`); `limit` caps how many in all."""
+        params = {"status": status, "agent_id": agent_id}
+        return self._client._paginate(path("agent-runs"), params, limit)
+
+    async def continue_(self, run_id: str, message: str) -> JSONObject:
+        """Add a user message to a completed run; it is queued again with its whole context."""
+        return await self._client._request(
+            "PUT", path("agent-runs", run_id), json={"message": message}
+        )
+
+    async def cancel(self, run_id: str) -> JSONObject:
+        return await self._client._request("POST", path("agent-runs", run_id, "cancel"))
+
+    def events(self, run_id: str, *, after: int | None = None) -> AsyncIterator[RunEvent]:
+        """The run's events after `after`, live, until the first terminal event.
+
+        A dropped connection is resumed with `Last-Event-ID`: nothing is missed or repeated.
+        """
+        return self._stream(run_id, after, follow=False)
+
+    def follow(self, run_id: str, *, after: int | None = None) -> AsyncIterator[RunEvent]:
+        """Like `events`, but reads past terminal events the run has left behind (it was
+        continued since) and stops only when the run is finished now."""
+        return self._stream(run_id, after, follow=True)
+
+    # `timeout` mirrors the sync client; it is applied with asyncio.timeout inside.
+    async def wait(self, run_id: str, *, timeout: float | None = None) -> JSONObject:  # noqa: ASYNC109
+        """The run once finished: returned if completed, else `RunFailed` / `RunCancelled`.
+
+        Raises `WaitTimeout` after `timeout` seconds; the run goes on regardless.
+        """
+        try:
+            async with asyncio.timeout(timeout):
+                run = await self.get(run_id)
+                if run["status"] not in TERMINAL_STATUSES:
+                    async with aclosing(self._stream(run_id, None, follow=True)) as events:
+                        async for event in events:
+                            if event.is_terminal:
+                                run = event.data
+        except TimeoutError as exc:
+            if timeout is None:
+                raise
+            raise WaitTimeout(run_id, timeout) from exc
+        return run_outcome(run)
+
+    async def _stream(
+        self, run_id: str, after: int | None, *, follow: bool
+    ) -> AsyncGenerator[RunEvent, None]:
+        client = self._client
+        url = path("agent-runs", run_id, "events")
+        cursor = StreamCursor(run_id, after, client.reconnect)
+        while True:
+            terminal = None
+            try:
+                async with aconnect_sse(
+                    client._http,
+                    "GET",
+                    url,
+                    headers=cursor.headers(),
+                    timeout=client._stream_timeout(),
+                ) as source:
+                    if source.response.is_error:
+                        await source.response.aread()
+                        client._raise_for_status(source.response)
+                    async for sse in source.aiter_sse():
+                        event = cursor.accept(sse)
+                        if event is None:
+                            continue
+                        yield event
+                        if event.is_terminal:
+                            terminal = event
+                            break
+                run = await self.get(run_id) if terminal is None or follow else None
+            except RETRYABLE as exc:
+                await asyncio.sleep(cursor.backoff(exc))
+                continue
+            except SSEError as exc:
+                raise APIConnectionError(f"{url} did not answer with an event stream") from exc
+            step = next_step(terminal, run)
+            if step == STOP:
+                return
+            if step == RETRY:
+                ended = APIConnectionError("the event stream ended before the run did")
+                await asyncio.sleep(cursor.backoff(ended))

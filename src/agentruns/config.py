@@ -1,0 +1,43 @@
+"""Settings, read once at the edges (CLI, app factory) and passed down."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_state_dir() -> Path:
+    """Where the CLI keeps its saved credentials."""
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "agentruns"
+
+
+class Settings(BaseSettings):
+    """Service settings; every field can be set as `AGENTRUNS_<NAME>`."""
+
+    model_config = SettingsConfigDict(env_prefix="AGENTRUNS_", extra="ignore")
+
+    database_url: str = "sqlite+aiosqlite:///./agentruns.db"
+    default_model: str | None = None
+    worker_concurrency: int = 32
+    lease_seconds: float = 30.0
+    poll_interval_s: float = 1.0
+    max_attempts: int = 3
+    max_body_bytes: int = 1024 * 1024
+    delta_flush_interval_s: float = 0.05
+    sse_heartbeat_s: float = 15.0
+    webhook_allow_private: bool = False
+    require_postgres: bool = False
+    state_dir: Path = default_state_dir()
+
+    def resolved_default_model(self) -> str:
+        """The model agents use when they name none: a configured provider, else `test`."""
+        if self.default_model:
+            return self.default_model
+        if os.environ.get("OPENAI_API_KEY"):
+            return "openai:gpt-4.1-mini"
+        if os.environ.get("ANTHROPIC_API_KEY"):
+            return "anthropic:claude-sonnet-4-5"
+        return "test"

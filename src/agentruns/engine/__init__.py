@@ -1,0 +1,1 @@
+"""The engine: workers claim runs and execute the agent loop."""

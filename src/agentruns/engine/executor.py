@@ -1,0 +1,305 @@
+"""The agent loop: call the model, run tools, persist after every step.
+
+A run is resumable at any point: everything the loop decides is derived from
+the stored messages, so a worker that picks up a run another worker lost
+continues from the last committed step (an unfinished model call is simply
+made again; its partial deltas are marked discarded by the queue).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import orjson
+
+from agentruns.engine.models import resolve_model
+from agentruns.engine.models.base import Model, TextDelta, ToolCall, Usage
+from agentruns.engine.models.retrying import stream_with_retries
+from agentruns.engine.tools import Toolset, build_toolset
+from agentruns.errors import LeaseLost, ModelError, ToolError
+from agentruns.store import agents, messages
+from agentruns.store.clock import now
+from agentruns.store.database import Database
+from agentruns.store.execution import commit_step
+from agentruns.store.queue import Lease
+from agentruns.store.transitions import status_events
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_STEPS = 20
+DEFAULT_TOOL_RESPONSE_TIMEOUT_S = 24 * 3600
+RELEASED = {"worker_id": None, "lease_token": None, "lease_until": None, "turn_deadline": None}
+
+
+@dataclass
+class RunProgress:
+    """The executing worker's copy of what it owns: it alone writes these fields."""
+
+    lease: Lease
+    messages: list[dict[str, Any]]
+    results: list[dict[str, Any]]
+    usage: dict[str, int]
+    turn_steps: int
+    finished: bool = False
+    pending_delta: list[str] = field(default_factory=list)
+
+
+def unanswered_tool_calls(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Tool calls of the last assistant message that have no tool message yet."""
+    answered: set[str] = set()
+    for message in reversed(history):
+        if message["role"] == "tool":
+            answered.add(message["tool_call_id"])
+        elif message["role"] == "assistant":
+            return [c for c in message.get("tool_calls") or [] if c["id"] not in answered]
+        else:
+            return []
+    return []
+
+
+class Executor:
+    """Executes claimed runs. One per worker; holds no per-run state."""
+
+    def __init__(
+        self,
+        db: Database,
+        *,
+        http: httpx.AsyncClient,
+        default_model: str,
+        flush_interval_s: float = 0.05,
+    ) -> None:
+        self.db = db
+        self.http = http
+        self.default_model = default_model
+        self.flush_interval_s = flush_interval_s
+
+    async def execute(self, lease: Lease, row: Any) -> None:
+        """Drive the run until it completes, fails, pauses, or the lease is lost."""
+        progress = RunProgress(
+            lease=lease,
+            messages=await messages.load_messages(self.db, lease.run_id),
+            results=list(row.results),
+            usage=dict(row.usage),
+            turn_steps=row.turn_steps,
+        )
+        try:
+            spec = await agents.get_agent_spec(self.db, row.agent_id, row.agent_version)
+            if spec is None:
+                raise ToolError(f"agent {row.agent_id} version {row.agent_version} is gone")
+            remaining = row.turn_deadline - now()
+            if remaining <= 0:
+                raise TimeoutError
+            async with asyncio.timeout(remaining):
+                await self._loop(progress, spec)
+        except LeaseLost:
+            log.info("run %s: lease lost (cancelled or taken over)", lease.run_id)
+        except TimeoutError:
+            await self._fail(
+                progress, "timeout", f"the run exceeded its timeout_s ({row.timeout_s:g} s)"
+            )
+        except ModelError as exc:
+            await self._fail(progress, "model_error", exc.message)
+        except ToolError as exc:
+            await self._fail(progress, "agent_error", str(exc))
+        except Exception as exc:
+            log.exception("run %s: unexpected failure", lease.run_id)
+            await self._fail(
+                progress, "internal_error", f"internal error: {type(exc).__name__}: {exc}"
+            )
+
+    async def _loop(self, progress: RunProgress, spec: dict[str, Any]) -> None:
+        model = resolve_model(
+            spec.get("model") or self.default_model,
+            spec.get("model_settings") or {},
+            client=self.http,
+        )
+        toolset = build_toolset(spec.get("tools") or [])
+        max_steps = spec.get("max_steps") or DEFAULT_MAX_STEPS
+        while not progress.finished:
+            open_calls = unanswered_tool_calls(progress.messages)
+            if open_calls:
+                await self._handle_tool_calls(progress, toolset, open_calls, spec)
+            elif progress.turn_steps >= max_steps:
+                await self._fail(
+                    progress,
+                    "max_steps",
+                    f"the run reached max_steps ({max_steps}) without an answer",
+                )
+            else:
+                await self._model_step(progress, model, toolset, spec.get("model_settings") or {})
+
+    async def _commit(
+        self,
+        progress: RunProgress,
+        values: dict[str, Any] | None = None,
+        events: list[Any] | None = None,
+        new_messages: list[dict[str, Any]] | None = None,
+    ) -> None:
+        await commit_step(
+            self.db,
+            progress.lease,
+            values=values,
+            events=events or [],
+            messages=new_messages or [],
+            position=len(progress.messages),
+        )
+        progress.messages.extend(new_messages or [])
+
+    async def _model_step(
+        self, progress: RunProgress, model: Model, toolset: Toolset, settings: dict[str, Any]
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        text: list[str] = []
+        calls: list[ToolCall] = []
+        usage = Usage()
+        last_flush = loop.time()
+        stream = stream_with_retries(model, progress.messages, toolset.definitions, settings)
+        async for event in stream:
+            if isinstance(event, TextDelta):
+                text.append(event.text)
+                progress.pending_delta.append(event.text)
+                if loop.time() - last_flush >= self.flush_interval_s:
+                    await self._flush_delta(progress)
+                    last_flush = loop.time()
+            elif isinstance(event, ToolCall):
+                calls.append(event)
+            elif isinstance(event, Usage):
+                usage = event
+        content = "".join(text)
+        tool_calls = [{"id": c.id, "name": c.name, "arguments": c.arguments} for c in calls]
+        message: dict[str, Any] = {"role": "assistant", "content": content or None}
+        if tool_calls:
+            message["tool_calls"] = tool_calls
+        events: list[Any] = []
+        if progress.pending_delta:
+            events.append(("message.delta", {"delta": "".join(progress.pending_delta)}))
+        events.append(("message.completed", message))
+        results = list(progress.results)
+        if content:
+            results.append({"type": "message", "role": "assistant", "content": content})
+        results.extend({"type": "tool_call", **call} for call in tool_calls)
+        usage_total = {
+            "requests": progress.usage.get("requests", 0) + 1,
+            "input_tokens": progress.usage.get("input_tokens", 0) + usage.input_tokens,
+            "output_tokens": progress.usage.get("output_tokens", 0) + usage.output_tokens,
+        }
+        values: dict[str, Any] = {
+            "results": results,
+            "usage": usage_total,
+            "turn_steps": progress.turn_steps + 1,
+        }
+        if not tool_calls:
+            values.update(
+                RELEASED, status="completed", last_agent_message=content, completed_at=now()
+            )
+            events.extend(status_events("completed"))
+        await self._commit(progress, values, events, [message])
+        progress.pending_delta.clear()
+        progress.results, progress.usage = results, usage_total
+        progress.turn_steps += 1
+        progress.finished = not tool_calls
+
+    async def _flush_delta(self, progress: RunProgress) -> None:
+        delta = "".join(progress.pending_delta)
+        await self._commit(progress, events=[("message.delta", {"delta": delta})])
+        progress.pending_delta.clear()
+
+    async def _handle_tool_calls(
+        self,
+        progress: RunProgress,
+        toolset: Toolset,
+        open_calls: list[dict[str, Any]],
+        spec: dict[str, Any],
+    ) -> None:
+        client_calls = [c for c in open_calls if toolset.is_client_tool(c["name"])]
+        for call in open_calls:
+            if not toolset.is_client_tool(call["name"]):
+                await self._run_server_tool(progress, toolset, call)
+        if client_calls:
+            await self._pause_for_client_tools(progress, client_calls, spec)
+
+    async def _run_server_tool(
+        self, progress: RunProgress, toolset: Toolset, call: dict[str, Any]
+    ) -> None:
+        await self._commit(progress, events=[("tool_call.started", call)])
+        output, is_error = await self._call_tool(toolset, call)
+        completed = {**call, "output": output, "is_error": is_error}
+        results = [
+            *progress.results,
+            {
+                "type": "tool_output",
+                "tool_call_id": call["id"],
+                "name": call["name"],
+                "output": output,
+            },
+        ]
+        tool_message = {
+            "role": "tool",
+            "tool_call_id": call["id"],
+            "name": call["name"],
+            "content": output,
+        }
+        await self._commit(
+            progress, {"results": results}, [("tool_call.completed", completed)], [tool_message]
+        )
+        progress.results = results
+
+    async def _call_tool(self, toolset: Toolset, call: dict[str, Any]) -> tuple[str, bool]:
+        tool = toolset.server.get(call["name"])
+        if tool is None:
+            return f"error: there is no tool named {call['name']!r}", True
+        try:
+            arguments = orjson.loads(call["arguments"] or "{}")
+        except orjson.JSONDecodeError as exc:
+            return f"error: the arguments are not valid JSON ({exc}); call the tool again", True
+        if not isinstance(arguments, dict):
+            return "error: the arguments must be a JSON object; call the tool again", True
+        try:
+            return await tool.call(arguments), False
+        except ToolError as exc:
+            return f"error: {exc}", True
+        except Exception as exc:
+            log.warning("tool %s failed", call["name"], exc_info=True)
+            return f"error: tool {call['name']} failed: {type(exc).__name__}: {exc}", True
+
+    async def _pause_for_client_tools(
+        self, progress: RunProgress, calls: list[dict[str, Any]], spec: dict[str, Any]
+    ) -> None:
+        timeout_s = spec.get("tool_response_timeout_s") or DEFAULT_TOOL_RESPONSE_TIMEOUT_S
+        await self._commit(
+            progress,
+            {
+                **RELEASED,
+                "status": "awaiting_tool_calls",
+                "pending_tool_calls": calls,
+                "tool_response_deadline": now() + timeout_s,
+            },
+            [("tool_calls.required", {"tool_calls": calls}), *status_events("awaiting_tool_calls")],
+        )
+        progress.finished = True
+
+    async def _fail(self, progress: RunProgress, kind: str, message: str) -> None:
+        error = {"type": kind, "message": message}
+        results = [*progress.results, {"type": "error", "error": error}]
+        events: list[Any] = []
+        if progress.pending_delta:
+            events.append(("message.delta", {"delta": "".join(progress.pending_delta)}))
+        try:
+            await self._commit(
+                progress,
+                {
+                    **RELEASED,
+                    "status": "failed",
+                    "error": error,
+                    "results": results,
+                    "completed_at": now(),
+                },
+                [*events, *status_events("failed")],
+            )
+        except LeaseLost:
+            log.info("run %s: lease lost before recording failure %s", progress.lease.run_id, kind)
+        progress.finished = True

@@ -1,0 +1,159 @@
+"""A worker: claims runs, executes many at once on asyncio, keeps their leases alive.
+
+Notifications only wake the claim loop early; polling every
+`poll_interval_s` is the safety net. On shutdown the worker stops claiming,
+lets running runs finish for a grace period, then hands the rest back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import uuid
+
+from agentruns.engine.executor import Executor
+from agentruns.errors import StoreError
+from agentruns.store import queue
+from agentruns.store.database import Database
+from agentruns.store.queue import Lease
+
+log = logging.getLogger(__name__)
+
+
+def make_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+class Worker:
+    def __init__(
+        self,
+        db: Database,
+        executor: Executor,
+        *,
+        concurrency: int = 32,
+        lease_s: float = 30.0,
+        poll_interval_s: float = 1.0,
+        max_attempts: int = 3,
+        shutdown_grace_s: float = 10.0,
+        worker_id: str | None = None,
+    ) -> None:
+        self.db = db
+        self.executor = executor
+        self.concurrency = concurrency
+        self.lease_s = lease_s
+        self.poll_interval_s = poll_interval_s
+        self.max_attempts = max_attempts
+        self.shutdown_grace_s = shutdown_grace_s
+        self.worker_id = worker_id or make_worker_id()
+        self._running: dict[str, tuple[Lease, asyncio.Task[None]]] = {}
+        self._stopping = asyncio.Event()
+
+    def stop(self) -> None:
+        """Ask the worker to stop claiming and shut down gracefully."""
+        self._stopping.set()
+
+    async def run(self) -> None:
+        log.info("worker %s started (concurrency %d)", self.worker_id, self.concurrency)
+        background = [
+            asyncio.create_task(self._heartbeat_loop(), name="agentruns-heartbeat"),
+            asyncio.create_task(self._reaper_loop(), name="agentruns-reaper"),
+        ]
+        try:
+            await self._claim_loop()
+        finally:
+            await self._drain()
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+            log.info("worker %s stopped", self.worker_id)
+
+    async def _claim_loop(self) -> None:
+        with self.db.notifier.watch_queue() as wake:
+            while not self._stopping.is_set():
+                wake.clear()
+                if len(self._running) < self.concurrency and await self._claim_one():
+                    continue
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wait_any(wake), self.poll_interval_s)
+
+    async def _wait_any(self, wake: asyncio.Event) -> None:
+        waiters = [asyncio.ensure_future(wake.wait()), asyncio.ensure_future(self._stopping.wait())]
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+
+    async def _claim_one(self) -> bool:
+        try:
+            claimed = await queue.claim_next_run(self.db, self.worker_id, self.lease_s)
+        except StoreError:
+            log.warning("cannot claim: database unreachable", exc_info=True)
+            return False
+        if claimed is None:
+            return False
+        lease, row = claimed
+        task = asyncio.create_task(self._execute(lease, row), name=f"run-{lease.run_id}")
+        self._running[lease.token] = (lease, task)
+        return True
+
+    async def _execute(self, lease: Lease, row: object) -> None:
+        def on_event(event_type: str) -> None:
+            # Another process cancelled the run: abandon the in-flight model call now.
+            if event_type == "run.cancelled":
+                task = asyncio.current_task()
+                running = self._running.get(lease.token)
+                if running is not None and running[1] is not task:
+                    running[1].cancel()
+
+        try:
+            with self.db.notifier.on_run_event(lease.run_id, on_event):
+                await self.executor.execute(lease, row)
+        except asyncio.CancelledError:
+            log.info("run %s: execution cancelled", lease.run_id)
+        except Exception:
+            log.exception("run %s: executor crashed", lease.run_id)
+        finally:
+            self._running.pop(lease.token, None)
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.lease_s / 3)
+            leases = [lease for lease, _ in self._running.values()]
+            try:
+                held = await queue.extend_leases(self.db, leases, self.lease_s)
+            except Exception:
+                log.warning("heartbeat failed", exc_info=True)
+                continue
+            for lease in leases:
+                running = self._running.get(lease.token)
+                if lease.token not in held and running is not None:
+                    running[1].cancel()
+
+    async def _reaper_loop(self) -> None:
+        while True:
+            try:
+                count = await queue.requeue_expired_leases(self.db, self.max_attempts)
+                if count:
+                    log.warning("re-queued %d runs whose worker was lost", count)
+            except Exception:
+                log.warning("reaper failed", exc_info=True)
+            await asyncio.sleep(max(self.lease_s / 2, self.poll_interval_s))
+
+    async def _drain(self) -> None:
+        if not self._running:
+            return
+        tasks = [task for _, task in self._running.values()]
+        _done, pending = await asyncio.wait(tasks, timeout=self.shutdown_grace_s)
+        leases = [lease for lease, task in list(self._running.values()) if task in pending]
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        for lease in leases:
+            try:
+                await queue.release_lease(self.db, lease)
+            except Exception:
+                log.warning("could not hand back run %s", lease.run_id, exc_info=True)

@@ -1,0 +1,91 @@
+"""Process entry points: `serve` (API + embedded worker) and `worker` (a worker alone)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+import uvicorn
+from rich.console import Console
+
+from agentruns.config import Settings
+from agentruns.store import projects
+from agentruns.store.database import Database
+from agentruns.store.migrate import upgrade
+
+log = logging.getLogger(__name__)
+
+
+def configure_logging() -> None:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+async def _bootstrap_key(settings: Settings) -> str | None:
+    """On a fresh database, create the default project and its first key."""
+    db = Database(settings.database_url)
+    try:
+        if await projects.count_api_keys(db) > 0:
+            return None
+        key, _project = await projects.create_api_key(db)
+        return key
+    finally:
+        await db.close()
+
+
+def prepare_database(settings: Settings) -> str | None:
+    """Apply migrations; return a new API key if this was the first start."""
+    asyncio.run(upgrade(settings.database_url))
+    return asyncio.run(_bootstrap_key(settings))
+
+
+def serve(settings: Settings, *, host: str, port: int, with_worker: bool) -> None:
+    """Run the API (and, unless `with_worker` is False, one worker) until interrupted."""
+    from agentruns.api.app import create_app
+    from agentruns.credentials import save_credentials
+
+    configure_logging()
+    console = Console(stderr=True)
+    key = prepare_database(settings)
+    base_url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+    if key is not None:
+        path = save_credentials(settings.state_dir, base_url=base_url, api_key=key)
+        console.print(
+            "[bold]First start:[/] created the default project and an API key (shown once):"
+        )
+        print(key, flush=True)
+        console.print(f"Saved for the CLI and SDK in {path}")
+    mode = "API + worker" if with_worker else "API only"
+    console.print(f"agentruns ({mode}) on [bold]{base_url}[/]  (docs: {base_url}/docs)")
+    uvicorn.run(
+        create_app(settings, with_worker=with_worker),
+        host=host,
+        port=port,
+        log_level="warning",
+        timeout_graceful_shutdown=5,
+    )
+
+
+def run_worker(settings: Settings) -> None:
+    """Run a worker alone (no HTTP) until SIGINT/SIGTERM, then shut down gracefully."""
+    from agentruns.api.app import build_worker, model_http_client
+
+    configure_logging()
+    asyncio.run(upgrade(settings.database_url))
+
+    async def main() -> None:
+        db = Database(settings.database_url)
+        await db.start()
+        try:
+            async with model_http_client() as http:
+                worker = build_worker(db, settings, http)
+                loop = asyncio.get_running_loop()
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    loop.add_signal_handler(sig, worker.stop)
+                await worker.run()
+        finally:
+            await db.close()
+
+    asyncio.run(main())

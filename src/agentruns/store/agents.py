@@ -1,0 +1,169 @@
+"""Agents and their versions: every update writes a new immutable version."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+
+from agentruns.store.clock import iso, new_id, now
+from agentruns.store.database import Database, Tx
+from agentruns.store.pagination import page
+from agentruns.store.tables import agent_versions, agents
+
+
+def render_agent(row: Any, spec: dict[str, Any], version: int) -> dict[str, Any]:
+    """The agent object of the API."""
+    return {
+        "id": row.id,
+        **spec,
+        "version": version,
+        "published_version": row.published_version,
+        "created_at": iso(row.created_at),
+        "updated_at": iso(row.updated_at),
+    }
+
+
+def _live(project_id: str, agent_id: str) -> sa.ColumnElement[bool]:
+    return sa.and_(
+        agents.c.id == agent_id, agents.c.project_id == project_id, agents.c.deleted_at.is_(None)
+    )
+
+
+async def create_agent(db: Database, project_id: str, spec: dict[str, Any]) -> dict[str, Any]:
+    agent_id, ts = new_id(), now()
+    async with db.write() as tx:
+        await tx.conn.execute(
+            agents.insert().values(
+                id=agent_id, project_id=project_id, latest_version=1, created_at=ts, updated_at=ts
+            )
+        )
+        await _insert_version(tx, agent_id, 1, spec, ts)
+        row = (await tx.conn.execute(sa.select(agents).where(agents.c.id == agent_id))).one()
+    return render_agent(row, spec, 1)
+
+
+async def _insert_version(
+    tx: Tx, agent_id: str, version: int, spec: dict[str, Any], ts: float
+) -> None:
+    await tx.conn.execute(
+        agent_versions.insert().values(agent_id=agent_id, version=version, spec=spec, created_at=ts)
+    )
+
+
+async def get_agent(
+    db: Database, project_id: str, agent_id: str, *, version: int | None = None
+) -> dict[str, Any] | None:
+    """The agent at `version` (default: latest), or None if unknown to this project."""
+    async with db.read() as conn:
+        row = (await conn.execute(sa.select(agents).where(_live(project_id, agent_id)))).first()
+        if row is None:
+            return None
+        wanted = version or row.latest_version
+        spec = (
+            await conn.execute(
+                sa.select(agent_versions.c.spec).where(
+                    agent_versions.c.agent_id == agent_id, agent_versions.c.version == wanted
+                )
+            )
+        ).scalar_one_or_none()
+    return None if spec is None else render_agent(row, spec, wanted)
+
+
+async def get_agent_spec(db: Database, agent_id: str, version: int) -> dict[str, Any] | None:
+    """A pinned version's spec, even of a deleted agent (runs keep what they started with)."""
+    async with db.read() as conn:
+        return (
+            await conn.execute(
+                sa.select(agent_versions.c.spec).where(
+                    agent_versions.c.agent_id == agent_id, agent_versions.c.version == version
+                )
+            )
+        ).scalar_one_or_none()
+
+
+async def list_agents(
+    db: Database, project_id: str, *, limit: int, after: str | None
+) -> tuple[list[dict[str, Any]], str | None]:
+    query = (
+        sa.select(agents, agent_versions.c.spec)
+        .join(
+            agent_versions,
+            sa.and_(
+                agent_versions.c.agent_id == agents.c.id,
+                agent_versions.c.version == agents.c.latest_version,
+            ),
+        )
+        .where(agents.c.project_id == project_id, agents.c.deleted_at.is_(None))
+    )
+    async with db.read() as conn:
+        rows, cursor = await page(conn, agents, query, limit=limit, after=after)
+    return [render_agent(row, row.spec, row.latest_version) for row in rows], cursor
+
+
+async def update_agent(
+    db: Database, project_id: str, agent_id: str, changes: dict[str, Any]
+) -> dict[str, Any] | None:
+    """Write a new version with `changes` applied over the latest; None if unknown."""
+    ts = now()
+    async with db.write() as tx:
+        row = (
+            await tx.conn.execute(
+                agents.update()
+                .where(_live(project_id, agent_id))
+                .values(latest_version=agents.c.latest_version + 1, updated_at=ts)
+                .returning(agents)
+            )
+        ).first()
+        if row is None:
+            return None
+        previous = (
+            await tx.conn.execute(
+                sa.select(agent_versions.c.spec).where(
+                    agent_versions.c.agent_id == agent_id,
+                    agent_versions.c.version == row.latest_version - 1,
+                )
+            )
+        ).scalar_one()
+        spec = {**previous, **changes}
+        await _insert_version(tx, agent_id, row.latest_version, spec, ts)
+    return render_agent(row, spec, row.latest_version)
+
+
+async def delete_agent(db: Database, project_id: str, agent_id: str) -> bool:
+    """Hide the agent; its versions stay so that its runs can still be read and continued."""
+    async with db.write() as tx:
+        result = await tx.conn.execute(
+            agents.update().where(_live(project_id, agent_id)).values(deleted_at=now())
+        )
+    return result.rowcount > 0
+
+
+async def publish_agent(
+    db: Database, project_id: str, agent_id: str, version: int | None
+) -> dict[str, Any] | None:
+    """Mark `version` (default: latest) as what `production` runs. Raises ValueError if unknown."""
+    async with db.write() as tx:
+        row = (await tx.conn.execute(sa.select(agents).where(_live(project_id, agent_id)))).first()
+        if row is None:
+            return None
+        target = version or row.latest_version
+        if not 1 <= target <= row.latest_version:
+            raise ValueError(f"agent has no version {target} (latest is {row.latest_version})")
+        row = (
+            await tx.conn.execute(
+                agents.update()
+                .where(agents.c.id == agent_id)
+                .values(published_version=target, updated_at=now())
+                .returning(agents)
+            )
+        ).one()
+        spec = (
+            await tx.conn.execute(
+                sa.select(agent_versions.c.spec).where(
+                    agent_versions.c.agent_id == agent_id,
+                    agent_versions.c.version == row.latest_version,
+                )
+            )
+        ).scalar_one()
+    return render_agent(row, spec, row.latest_version)

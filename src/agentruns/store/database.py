@@ -1,0 +1,155 @@
+"""The database handle: engines, write and read transactions, post-commit wake-ups.
+
+SQLite writes take the write lock up front (`BEGIN IMMEDIATE`) so that a
+transaction never fails half-way upgrading a read lock, and within a process
+they queue on an asyncio lock instead of spinning on `busy_timeout`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from agentruns.errors import StoreError
+from agentruns.store.notify import EVENTS_CHANNEL, QUEUE_CHANNEL, Notifier, PostgresListener
+
+_IMMEDIATE = "agentruns_immediate"
+
+
+def normalize_url(url: str) -> str:
+    """Accept the URLs people paste (`postgres://`, `sqlite:///x.db`) and pick async drivers."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+asyncpg://" + url[len(prefix) :]
+    if url.startswith("sqlite:///") or url == "sqlite://":
+        return "sqlite+aiosqlite://" + url[len("sqlite://") :]
+    return url
+
+
+def _dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+@dataclass
+class Tx:
+    """A write transaction, and what to announce once it has committed."""
+
+    conn: AsyncConnection
+    is_postgres: bool
+    run_events: list[tuple[str, str]] = field(default_factory=list)
+    queue_changed: bool = False
+
+    async def announce_event(self, run_id: str, event_type: str) -> None:
+        self.run_events.append((run_id, event_type))
+        if self.is_postgres:
+            await self.conn.execute(
+                sa.select(sa.func.pg_notify(EVENTS_CHANNEL, f"{run_id}:{event_type}"))
+            )
+
+    async def announce_queued(self) -> None:
+        if not self.queue_changed and self.is_postgres:
+            await self.conn.execute(sa.select(sa.func.pg_notify(QUEUE_CHANNEL, "")))
+        self.queue_changed = True
+
+
+class Database:
+    """One per process: owns the engine and the in-process notifier."""
+
+    def __init__(self, url: str, *, pool_size: int = 10) -> None:
+        self.url = normalize_url(url)
+        self.is_sqlite = self.url.startswith("sqlite")
+        self.is_postgres = self.url.startswith("postgresql")
+        self.notifier = Notifier()
+        self._write_lock = asyncio.Lock() if self.is_sqlite else None
+        self._listener: PostgresListener | None = None
+        kwargs: dict[str, Any] = {"json_serializer": _dumps, "json_deserializer": orjson.loads}
+        if self.is_postgres:
+            kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+        self.engine: AsyncEngine = create_async_engine(self.url, **kwargs)
+        if self.is_sqlite:
+            self._configure_sqlite()
+
+    def _configure_sqlite(self) -> None:
+        sync_engine = self.engine.sync_engine
+
+        @event.listens_for(sync_engine, "connect")
+        def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+            # Let us issue BEGIN ourselves (the driver's implicit BEGIN is deferred).
+            dbapi_connection.isolation_level = None
+            cursor = dbapi_connection.cursor()
+            for pragma in (
+                "journal_mode=WAL",
+                "synchronous=NORMAL",
+                "busy_timeout=15000",
+                "foreign_keys=ON",
+            ):
+                cursor.execute(f"PRAGMA {pragma}")
+            cursor.close()
+
+        @event.listens_for(sync_engine, "begin")
+        def _on_begin(conn: Any) -> None:
+            immediate = conn.get_execution_options().get(_IMMEDIATE, False)
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    async def start(self) -> None:
+        """Start relaying other processes' notifications (PostgreSQL only)."""
+        if self.is_postgres and self._listener is None:
+            dsn = self.url.replace("postgresql+asyncpg://", "postgresql://", 1)
+            self._listener = PostgresListener(dsn, self.notifier)
+            self._listener.start()
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            await self._listener.stop()
+            self._listener = None
+        await self.engine.dispose()
+
+    @contextlib.asynccontextmanager
+    async def _connect(self) -> AsyncIterator[AsyncConnection]:
+        try:
+            conn = await self.engine.connect()
+        except (OSError, sa.exc.DBAPIError) as exc:
+            raise StoreError(f"cannot reach the database: {exc}") from exc
+        try:
+            yield conn
+        finally:
+            await conn.close()
+
+    @contextlib.asynccontextmanager
+    async def write(self) -> AsyncIterator[Tx]:
+        """A write transaction; its announcements wake local waiters after commit."""
+        async with contextlib.AsyncExitStack() as stack:
+            if self._write_lock is not None:
+                await stack.enter_async_context(self._write_lock)
+            conn = await stack.enter_async_context(self._connect())
+            if self.is_sqlite:
+                await conn.execution_options(**{_IMMEDIATE: True})
+            tx = Tx(conn, self.is_postgres)
+            async with conn.begin():
+                yield tx
+        for run_id, event_type in tx.run_events:
+            self.notifier.run_changed(run_id, event_type)
+        if tx.queue_changed:
+            self.notifier.queue_changed()
+
+    @contextlib.asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncConnection]:
+        """A read-only snapshot."""
+        async with self._connect() as conn, conn.begin():
+            yield conn
+
+    async def ping(self) -> bool:
+        try:
+            async with self.read() as conn:
+                await conn.execute(sa.text("SELECT 1"))
+        except Exception:
+            return False
+        return True

@@ -1,0 +1,53 @@
+"""A run's conversation in the neutral message format (see engine/models/base.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+
+from agentruns.store.clock import now
+from agentruns.store.database import Database, Tx
+from agentruns.store.tables import run_messages
+
+MESSAGE_FORMAT_VERSION = 1
+
+
+async def append_messages(
+    tx: Tx, run_id: str, first_position: int, messages: list[dict[str, Any]]
+) -> None:
+    if not messages:
+        return
+    ts = now()
+    await tx.conn.execute(
+        run_messages.insert(),
+        [
+            {
+                "run_id": run_id,
+                "position": first_position + i,
+                "format_version": MESSAGE_FORMAT_VERSION,
+                "message": message,
+                "created_at": ts,
+            }
+            for i, message in enumerate(messages)
+        ],
+    )
+
+
+async def next_position(tx: Tx, run_id: str) -> int:
+    top = (
+        await tx.conn.execute(
+            sa.select(sa.func.max(run_messages.c.position)).where(run_messages.c.run_id == run_id)
+        )
+    ).scalar_one_or_none()
+    return 0 if top is None else top + 1
+
+
+async def load_messages(db: Database, run_id: str) -> list[dict[str, Any]]:
+    query = (
+        sa.select(run_messages.c.message)
+        .where(run_messages.c.run_id == run_id)
+        .order_by(run_messages.c.position)
+    )
+    async with db.read() as conn:
+        return [row.message for row in await conn.execute(query)]

@@ -1,0 +1,124 @@
+"""Wake-ups after commit: which run got which new event, and when the queue has work.
+
+Notifications are hints, never the source of truth: readers always re-read
+the tables, and everything that waits on a notification also polls. In one
+process a `Notifier` wakes waiters directly; on PostgreSQL the writer also
+issues `NOTIFY` in its transaction (delivered only on commit) and a
+`PostgresListener` relays other processes' notifications into the local
+`Notifier`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import defaultdict
+from collections.abc import Callable
+
+log = logging.getLogger(__name__)
+
+EVENTS_CHANNEL = "agentruns_events"
+QUEUE_CHANNEL = "agentruns_queue"
+
+
+class Notifier:
+    """In-process fan-out of run-event and queue wake-ups."""
+
+    def __init__(self) -> None:
+        self._run_waiters: dict[str, set[asyncio.Event]] = defaultdict(set)
+        self._queue_waiters: set[asyncio.Event] = set()
+        self._run_callbacks: dict[str, set[Callable[[str], None]]] = defaultdict(set)
+
+    def run_changed(self, run_id: str, event_type: str) -> None:
+        for waiter in self._run_waiters.get(run_id, ()):
+            waiter.set()
+        for callback in list(self._run_callbacks.get(run_id, ())):
+            callback(event_type)
+
+    def queue_changed(self) -> None:
+        for waiter in self._queue_waiters:
+            waiter.set()
+
+    @contextlib.contextmanager
+    def watch_run(self, run_id: str):  # type: ignore[no-untyped-def]
+        """Yield an `asyncio.Event` set whenever the run gets a new event."""
+        waiter = asyncio.Event()
+        self._run_waiters[run_id].add(waiter)
+        try:
+            yield waiter
+        finally:
+            self._discard(self._run_waiters, run_id, waiter)
+
+    @contextlib.contextmanager
+    def on_run_event(self, run_id: str, callback: Callable[[str], None]):  # type: ignore[no-untyped-def]
+        """Call `callback(event_type)` for every new event of the run while inside."""
+        self._run_callbacks[run_id].add(callback)
+        try:
+            yield
+        finally:
+            self._discard(self._run_callbacks, run_id, callback)
+
+    @contextlib.contextmanager
+    def watch_queue(self):  # type: ignore[no-untyped-def]
+        waiter = asyncio.Event()
+        self._queue_waiters.add(waiter)
+        try:
+            yield waiter
+        finally:
+            self._queue_waiters.discard(waiter)
+
+    @staticmethod
+    def _discard(registry: dict, key: str, item: object) -> None:  # type: ignore[type-arg]
+        items = registry.get(key)
+        if items is not None:
+            items.discard(item)
+            if not items:
+                del registry[key]
+
+
+class PostgresListener:
+    """Relays NOTIFY from other processes into a local `Notifier` (reconnecting)."""
+
+    def __init__(self, dsn: str, notifier: Notifier) -> None:
+        self._dsn = dsn
+        self._notifier = notifier
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._listen(), name="agentruns-pg-listener")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def _on_notification(self, _conn: object, _pid: int, channel: str, payload: str) -> None:
+        if channel == QUEUE_CHANNEL:
+            self._notifier.queue_changed()
+        else:
+            run_id, _, event_type = payload.partition(":")
+            self._notifier.run_changed(run_id, event_type)
+
+    async def _listen(self) -> None:
+        import asyncpg
+
+        while True:
+            try:
+                conn = await asyncpg.connect(self._dsn)
+                closed = asyncio.Event()
+                conn.add_termination_listener(lambda _conn, done=closed: done.set())
+                try:
+                    await conn.add_listener(EVENTS_CHANNEL, self._on_notification)
+                    await conn.add_listener(QUEUE_CHANNEL, self._on_notification)
+                    # Anything missed while disconnected is found by the pollers.
+                    self._notifier.queue_changed()
+                    await closed.wait()
+                finally:
+                    await conn.close()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("lost the PostgreSQL LISTEN connection; reconnecting", exc_info=True)
+                await asyncio.sleep(1)

@@ -1,0 +1,97 @@
+"""Projects and their API keys (stored only as SHA-256 hashes)."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from typing import Any
+
+import sqlalchemy as sa
+
+from agentruns.store.clock import new_id, now
+from agentruns.store.database import Database, Tx
+from agentruns.store.tables import api_keys, projects
+
+DEFAULT_PROJECT = "default"
+KEY_PREFIX = "ar_"
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+async def ensure_project(tx: Tx, name: str) -> str:
+    """The id of the project called `name`, created if new."""
+    row = (await tx.conn.execute(sa.select(projects.c.id).where(projects.c.name == name))).first()
+    if row is not None:
+        return str(row.id)
+    project_id = new_id()
+    await tx.conn.execute(projects.insert().values(id=project_id, name=name, created_at=now()))
+    return project_id
+
+
+async def create_api_key(db: Database, project: str | None = None) -> tuple[str, str]:
+    """Create a key for `project` (default project if None); return (key, project_id)."""
+    key = KEY_PREFIX + secrets.token_urlsafe(32)
+    async with db.write() as tx:
+        project_id = await ensure_project(tx, project or DEFAULT_PROJECT)
+        await tx.conn.execute(
+            api_keys.insert().values(
+                id=new_id(),
+                project_id=project_id,
+                prefix=key[:10],
+                key_hash=hash_key(key),
+                created_at=now(),
+            )
+        )
+    return key, project_id
+
+
+async def authenticate(db: Database, key: str) -> str | None:
+    """The project id of a valid, unrevoked key, else None."""
+    async with db.read() as conn:
+        row = (
+            await conn.execute(
+                sa.select(api_keys.c.project_id).where(
+                    api_keys.c.key_hash == hash_key(key), api_keys.c.revoked_at.is_(None)
+                )
+            )
+        ).first()
+    return None if row is None else str(row.project_id)
+
+
+async def list_api_keys(db: Database) -> list[dict[str, Any]]:
+    query = (
+        sa.select(
+            api_keys.c.id,
+            api_keys.c.prefix,
+            projects.c.name.label("project"),
+            api_keys.c.created_at,
+            api_keys.c.revoked_at,
+        )
+        .join(projects, projects.c.id == api_keys.c.project_id)
+        .order_by(api_keys.c.created_at)
+    )
+    async with db.read() as conn:
+        return [dict(row._mapping) for row in await conn.execute(query)]
+
+
+async def count_api_keys(db: Database) -> int:
+    async with db.read() as conn:
+        return int(
+            (await conn.execute(sa.select(sa.func.count()).select_from(api_keys))).scalar_one()
+        )
+
+
+async def revoke_api_key(db: Database, key_id: str) -> bool:
+    """Revoke by id or by the shown prefix; False if no such active key."""
+    async with db.write() as tx:
+        result = await tx.conn.execute(
+            api_keys.update()
+            .where(
+                sa.or_(api_keys.c.id == key_id, api_keys.c.prefix == key_id),
+                api_keys.c.revoked_at.is_(None),
+            )
+            .values(revoked_at=now())
+        )
+    return result.rowcount > 0

@@ -1,0 +1,152 @@
+"""The run queue: claim with a lease, heartbeat, and hand back what dead workers held.
+
+A claim gives the run a fresh `lease_token`; every write of the executing
+worker is fenced on it (see `execution.py`), so a worker that lost its lease
+can never overwrite what the next owner does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+
+from agentruns.store.clock import new_id, now
+from agentruns.store.database import Database
+from agentruns.store.events import last_event_type
+from agentruns.store.tables import runs
+from agentruns.store.transitions import status_events, update_run
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """What a worker holds while it executes a run."""
+
+    run_id: str
+    token: str
+    worker_id: str
+
+
+async def claim_next_run(db: Database, worker_id: str, lease_s: float) -> tuple[Lease, Any] | None:
+    """Atomically take the oldest queued run; (lease, row) or None when the queue is empty."""
+    ts = now()
+    candidate = (
+        sa.select(runs.c.id)
+        .where(runs.c.status == "queued")
+        .order_by(runs.c.queued_at, runs.c.id)
+        .limit(1)
+        # PostgreSQL: concurrent claimers skip each other's rows. SQLite: BEGIN IMMEDIATE
+        # already serialises writers, and SQLAlchemy renders no FOR UPDATE there.
+        .with_for_update(skip_locked=True)
+    )
+    token = new_id()
+    async with db.write() as tx:
+        run_id = (await tx.conn.execute(candidate)).scalar_one_or_none()
+        if run_id is None:
+            return None
+        row = await update_run(
+            tx,
+            run_id,
+            {
+                "status": "in_progress",
+                "worker_id": worker_id,
+                "lease_token": token,
+                "lease_until": ts + lease_s,
+                "attempts": runs.c.attempts + 1,
+                "started_at": sa.func.coalesce(runs.c.started_at, ts),
+                "turn_deadline": sa.func.coalesce(runs.c.turn_deadline, ts + runs.c.timeout_s),
+            },
+            where=[runs.c.status == "queued"],
+            events=status_events("in_progress"),
+        )
+    return (Lease(run_id, token, worker_id), row) if row is not None else None
+
+
+async def extend_leases(db: Database, leases: list[Lease], lease_s: float) -> set[str]:
+    """Push the leases forward; returns the tokens still held (the others were lost)."""
+    if not leases:
+        return set()
+    tokens = [lease.token for lease in leases]
+    async with db.write() as tx:
+        result = await tx.conn.execute(
+            runs.update()
+            .where(runs.c.lease_token.in_(tokens), runs.c.status == "in_progress")
+            .values(lease_until=now() + lease_s)
+            .returning(runs.c.lease_token)
+        )
+        return {row.lease_token for row in result}
+
+
+async def release_lease(db: Database, lease: Lease) -> bool:
+    """Hand a run back to the queue (graceful shutdown): another worker resumes it."""
+    async with db.write() as tx:
+        row = await update_run(
+            tx,
+            lease.run_id,
+            {
+                "status": "queued",
+                "queued_at": now(),
+                "worker_id": None,
+                "lease_token": None,
+                "lease_until": None,
+                # Not the run's fault: the attempt is not counted.
+                "attempts": runs.c.attempts - 1,
+            },
+            where=[runs.c.lease_token == lease.token, runs.c.status == "in_progress"],
+            events=await _requeue_events(tx, lease.run_id),
+        )
+    return row is not None
+
+
+async def _requeue_events(tx: Any, run_id: str) -> list[Any]:
+    events: list[Any] = []
+    if await last_event_type(tx, run_id) == "message.delta":
+        # The partial message streamed so far will not be completed: tell readers to drop it.
+        events.append(("message.discarded", {"reason": "worker_lost"}))
+    return [*events, *status_events("queued")]
+
+
+async def requeue_expired_leases(db: Database, max_attempts: int, *, limit: int = 100) -> int:
+    """Put runs whose worker died back in the queue, or fail them after `max_attempts`."""
+    ts = now()
+    expired = (
+        sa.select(runs.c.id, runs.c.attempts, runs.c.results)
+        .where(runs.c.status == "in_progress", runs.c.lease_until < ts)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    count = 0
+    async with db.write() as tx:
+        for row in list(await tx.conn.execute(expired)):
+            still_expired = [runs.c.status == "in_progress", runs.c.lease_until < ts]
+            release = {"worker_id": None, "lease_token": None, "lease_until": None}
+            if row.attempts >= max_attempts:
+                error = {
+                    "type": "worker_lost",
+                    "message": f"the run lost its worker {row.attempts} times; giving up",
+                }
+                await update_run(
+                    tx,
+                    row.id,
+                    {
+                        **release,
+                        "status": "failed",
+                        "error": error,
+                        "results": [*row.results, {"type": "error", "error": error}],
+                        "completed_at": ts,
+                        "turn_deadline": None,
+                    },
+                    where=still_expired,
+                    events=status_events("failed"),
+                )
+            else:
+                await update_run(
+                    tx,
+                    row.id,
+                    {**release, "status": "queued", "queued_at": ts},
+                    where=still_expired,
+                    events=await _requeue_events(tx, row.id),
+                )
+            count += 1
+    return count

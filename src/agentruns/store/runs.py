@@ -1,0 +1,224 @@
+"""Agent runs as the API sees them: create (idempotently), read, list, continue, cancel."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+
+from agentruns.store.clock import new_id, now
+from agentruns.store.database import Database
+from agentruns.store.events import insert_events
+from agentruns.store.messages import append_messages, next_position
+from agentruns.store.pagination import page
+from agentruns.store.tables import idempotency_keys, runs
+from agentruns.store.transitions import TERMINAL_STATUSES, render_run, status_events, update_run
+
+IDEMPOTENCY_WINDOW_S = 24 * 3600
+
+
+class StateConflict(Exception):
+    """The run's status forbids the change; the message says why."""
+
+
+class IdempotencyConflict(Exception):
+    """The idempotency key was used before with a different request body."""
+
+
+@dataclass
+class NewRun:
+    project_id: str
+    agent_id: str
+    agent_version: int
+    messages: list[dict[str, Any]]
+    results: list[dict[str, Any]]
+    timeout_s: float
+    vars: dict[str, Any] = field(default_factory=dict)
+    callback_url: str | None = None
+    bundle: str = "default"
+    environment: str = "playground"
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+async def create_run(
+    db: Database,
+    new: NewRun,
+    *,
+    idempotency_key: str | None = None,
+    request_hash: str | None = None,
+) -> tuple[dict[str, Any], bool]:
+    """Queue a run; returns (run, created). A repeated idempotency key returns the first run."""
+    try:
+        return await _create_run(db, new, idempotency_key, request_hash)
+    except sa.exc.IntegrityError:
+        if idempotency_key is None:
+            raise
+        # A concurrent request with the same key won the insert: answer as it did.
+        return await _create_run(db, new, idempotency_key, request_hash)
+
+
+async def _create_run(
+    db: Database, new: NewRun, idempotency_key: str | None, request_hash: str | None
+) -> tuple[dict[str, Any], bool]:
+    ts = now()
+    run_id = new_id()
+    async with db.write() as tx:
+        if idempotency_key is not None:
+            key_filter = sa.and_(
+                idempotency_keys.c.project_id == new.project_id,
+                idempotency_keys.c.key == idempotency_key,
+            )
+            seen = (await tx.conn.execute(sa.select(idempotency_keys).where(key_filter))).first()
+            if seen is not None and seen.created_at > ts - IDEMPOTENCY_WINDOW_S:
+                if seen.request_hash != request_hash:
+                    raise IdempotencyConflict(
+                        "this Idempotency-Key was already used with a different request body"
+                    )
+                row = (await tx.conn.execute(sa.select(runs).where(runs.c.id == seen.run_id))).one()
+                return render_run(row), False
+            if seen is not None:
+                await tx.conn.execute(idempotency_keys.delete().where(key_filter))
+        row = (
+            await tx.conn.execute(
+                runs.insert()
+                .values(
+                    id=run_id,
+                    project_id=new.project_id,
+                    agent_id=new.agent_id,
+                    agent_version=new.agent_version,
+                    status="queued",
+                    vars=new.vars,
+                    results=new.results,
+                    pending_tool_calls=[],
+                    callback_url=new.callback_url,
+                    bundle=new.bundle,
+                    environment=new.environment,
+                    usage={"requests": 0, "input_tokens": 0, "output_tokens": 0},
+                    metadata=new.metadata,
+                    timeout_s=new.timeout_s,
+                    created_at=ts,
+                    updated_at=ts,
+                    queued_at=ts,
+                    event_seq=1,
+                )
+                .returning(runs)
+            )
+        ).one()
+        await append_messages(tx, run_id, 0, new.messages)
+        run = render_run(row)
+        await insert_events(tx, run_id, 1, [("run.status", run)])
+        if idempotency_key is not None:
+            await tx.conn.execute(
+                idempotency_keys.insert().values(
+                    project_id=new.project_id,
+                    key=idempotency_key,
+                    request_hash=request_hash,
+                    run_id=run_id,
+                    created_at=ts,
+                )
+            )
+        await tx.announce_queued()
+    return run, True
+
+
+async def get_run(db: Database, project_id: str, run_id: str) -> dict[str, Any] | None:
+    async with db.read() as conn:
+        row = (
+            await conn.execute(
+                sa.select(runs).where(runs.c.id == run_id, runs.c.project_id == project_id)
+            )
+        ).first()
+    return None if row is None else render_run(row)
+
+
+async def get_run_status(db: Database, run_id: str) -> str | None:
+    async with db.read() as conn:
+        return (
+            await conn.execute(sa.select(runs.c.status).where(runs.c.id == run_id))
+        ).scalar_one_or_none()
+
+
+async def list_runs(
+    db: Database,
+    project_id: str,
+    *,
+    status: str | None,
+    agent_id: str | None,
+    limit: int,
+    after: str | None,
+) -> tuple[list[dict[str, Any]], str | None]:
+    query = sa.select(runs).where(runs.c.project_id == project_id)
+    if status is not None:
+        query = query.where(runs.c.status == status)
+    if agent_id is not None:
+        query = query.where(runs.c.agent_id == agent_id)
+    async with db.read() as conn:
+        rows, cursor = await page(conn, runs, query, limit=limit, after=after)
+    return [render_run(row) for row in rows], cursor
+
+
+async def continue_run(
+    db: Database, project_id: str, run_id: str, message: str
+) -> dict[str, Any] | None:
+    """Add a user message to a completed run and queue it again (None if unknown)."""
+    async with db.write() as tx:
+        row = (
+            await tx.conn.execute(
+                sa.select(runs.c.status).where(runs.c.id == run_id, runs.c.project_id == project_id)
+            )
+        ).first()
+        if row is None:
+            return None
+        if row.status != "completed":
+            raise StateConflict(f"only a completed run can be continued; this run is {row.status}")
+        position = await next_position(tx, run_id)
+        await append_messages(tx, run_id, position, [{"role": "user", "content": message}])
+        updated = await update_run(
+            tx,
+            run_id,
+            {
+                "status": "queued",
+                "queued_at": now(),
+                "turn_steps": 0,
+                "turn_deadline": None,
+                "attempts": 0,
+                "completed_at": None,
+                "error": None,
+            },
+            where=[runs.c.status == "completed"],
+            events=status_events("queued"),
+        )
+    return render_run(updated)
+
+
+async def cancel_run(db: Database, project_id: str, run_id: str) -> dict[str, Any] | None:
+    """Cancel a run in any non-terminal state (None if unknown)."""
+    async with db.write() as tx:
+        row = await update_run(
+            tx,
+            run_id,
+            {
+                "status": "cancelled",
+                "completed_at": now(),
+                "worker_id": None,
+                "lease_until": None,
+                "lease_token": None,
+                "pending_tool_calls": [],
+                "tool_response_deadline": None,
+            },
+            where=[runs.c.project_id == project_id, runs.c.status.not_in(TERMINAL_STATUSES)],
+            events=status_events("cancelled"),
+        )
+        if row is None:
+            status = (
+                await tx.conn.execute(
+                    sa.select(runs.c.status).where(
+                        runs.c.id == run_id, runs.c.project_id == project_id
+                    )
+                )
+            ).scalar_one_or_none()
+            if status is None:
+                return None
+            raise StateConflict(f"the run is already {status}")
+    return render_run(row)

@@ -1,0 +1,134 @@
+"""The schema: every durable fact of agentruns, as SQLAlchemy Core tables.
+
+Times are stored as Unix seconds (double precision) so that lease arithmetic
+and ordering are the same on SQLite and PostgreSQL; the API renders them as
+ISO 8601.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
+
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(column_0_label)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+JSON = sa.JSON().with_variant(JSONB(), "postgresql")
+Time = sa.Float(precision=53)
+
+projects = sa.Table(
+    "projects",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False, unique=True),
+    sa.Column("created_at", Time, nullable=False),
+)
+
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("project_id", sa.String(36), sa.ForeignKey("projects.id"), nullable=False),
+    sa.Column("prefix", sa.String(32), nullable=False),
+    sa.Column("key_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("created_at", Time, nullable=False),
+    sa.Column("revoked_at", Time),
+)
+
+agents = sa.Table(
+    "agents",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("project_id", sa.String(36), sa.ForeignKey("projects.id"), nullable=False),
+    sa.Column("latest_version", sa.Integer, nullable=False),
+    sa.Column("published_version", sa.Integer),
+    sa.Column("created_at", Time, nullable=False),
+    sa.Column("updated_at", Time, nullable=False),
+    sa.Column("deleted_at", Time),
+    sa.Index("ix_agents_project_created", "project_id", "created_at"),
+)
+
+agent_versions = sa.Table(
+    "agent_versions",
+    metadata,
+    sa.Column("agent_id", sa.String(36), sa.ForeignKey("agents.id"), primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("spec", JSON, nullable=False),
+    sa.Column("created_at", Time, nullable=False),
+)
+
+runs = sa.Table(
+    "runs",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("project_id", sa.String(36), sa.ForeignKey("projects.id"), nullable=False),
+    sa.Column("agent_id", sa.String(36), sa.ForeignKey("agents.id"), nullable=False),
+    sa.Column("agent_version", sa.Integer, nullable=False),
+    sa.Column("status", sa.String(32), nullable=False),
+    sa.Column("vars", JSON, nullable=False),
+    sa.Column("results", JSON, nullable=False),
+    sa.Column("last_agent_message", sa.Text),
+    sa.Column("pending_tool_calls", JSON, nullable=False),
+    sa.Column("callback_url", sa.Text),
+    sa.Column("bundle", sa.String(200), nullable=False),
+    sa.Column("environment", sa.String(32), nullable=False),
+    sa.Column("usage", JSON, nullable=False),
+    sa.Column("error", JSON),
+    sa.Column("metadata", JSON, nullable=False),
+    sa.Column("created_at", Time, nullable=False),
+    sa.Column("updated_at", Time, nullable=False),
+    sa.Column("started_at", Time),
+    sa.Column("completed_at", Time),
+    # The queue: what a worker needs to claim, lease and fence the run.
+    sa.Column("queued_at", Time),
+    sa.Column("worker_id", sa.String(64)),
+    sa.Column("lease_until", Time),
+    sa.Column("lease_token", sa.String(36)),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    # Limits of the current turn (a turn starts at create or continue).
+    sa.Column("timeout_s", sa.Float, nullable=False),
+    sa.Column("turn_steps", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("turn_deadline", Time),
+    sa.Column("tool_response_deadline", Time),
+    # The last event sequence number; events get gap-free numbers under this row's lock.
+    sa.Column("event_seq", sa.Integer, nullable=False, server_default="0"),
+    sa.Index("ix_runs_project_created", "project_id", "created_at", "id"),
+    sa.Index("ix_runs_status_queued", "status", "queued_at"),
+    sa.Index("ix_runs_status_lease", "status", "lease_until"),
+)
+
+run_messages = sa.Table(
+    "run_messages",
+    metadata,
+    sa.Column("run_id", sa.String(36), sa.ForeignKey("runs.id"), primary_key=True),
+    sa.Column("position", sa.Integer, primary_key=True),
+    sa.Column("format_version", sa.Integer, nullable=False),
+    sa.Column("message", JSON, nullable=False),
+    sa.Column("created_at", Time, nullable=False),
+)
+
+run_events = sa.Table(
+    "run_events",
+    metadata,
+    sa.Column("run_id", sa.String(36), sa.ForeignKey("runs.id"), primary_key=True),
+    sa.Column("seq", sa.Integer, primary_key=True),
+    sa.Column("type", sa.String(64), nullable=False),
+    sa.Column("data", JSON, nullable=False),
+    sa.Column("created_at", Time, nullable=False),
+)
+
+idempotency_keys = sa.Table(
+    "idempotency_keys",
+    metadata,
+    sa.Column("project_id", sa.String(36), sa.ForeignKey("projects.id"), primary_key=True),
+    sa.Column("key", sa.String(255), primary_key=True),
+    sa.Column("request_hash", sa.String(64), nullable=False),
+    sa.Column("run_id", sa.String(36), sa.ForeignKey("runs.id"), nullable=False),
+    sa.Column("created_at", Time, nullable=False),
+)

@@ -1,0 +1,88 @@
+"""Changing a run: one UPDATE that reserves event numbers, then the events, in one transaction.
+
+The run object is rendered here because `run.status` and terminal events carry
+it as their data: what a reader sees in the event is the row as committed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import sqlalchemy as sa
+
+from agentruns.store.clock import iso, now
+from agentruns.store.database import Tx
+from agentruns.store.events import insert_events
+from agentruns.store.tables import runs
+
+TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
+
+# An event is either a type whose data is the run object, or (type, data).
+EventSpec = str | tuple[str, dict[str, Any]]
+
+
+def render_run(row: Any) -> dict[str, Any]:
+    """The run object of the API."""
+    return {
+        "id": row.id,
+        "user_id": row.project_id,
+        "agent_id": row.agent_id,
+        "chat_id": row.agent_id,
+        "agent_version": row.agent_version,
+        "status": row.status,
+        "vars": row.vars,
+        "results": row.results,
+        "last_agent_message": row.last_agent_message,
+        "pending_tool_calls": row.pending_tool_calls,
+        "callback_url": row.callback_url,
+        "bundle": row.bundle,
+        "environment": row.environment,
+        "usage": row.usage,
+        "error": row.error,
+        "metadata": row.metadata,
+        "created_at": iso(row.created_at),
+        "updated_at": iso(row.updated_at),
+        "started_at": iso(row.started_at),
+        "completed_at": iso(row.completed_at),
+    }
+
+
+def status_events(status: str) -> list[EventSpec]:
+    """`run.status`, plus the terminal event when the status is terminal."""
+    events: list[EventSpec] = ["run.status"]
+    if status in TERMINAL_STATUSES:
+        events.append(f"run.{status}")
+    return events
+
+
+async def update_run(
+    tx: Tx,
+    run_id: str,
+    values: dict[str, Any],
+    *,
+    where: Sequence[sa.ColumnElement[bool]] = (),
+    events: Sequence[EventSpec] = (),
+) -> Any | None:
+    """Apply `values` if `where` holds and append `events`; the new row, or None."""
+    statement = (
+        runs.update()
+        .where(runs.c.id == run_id, *where)
+        .values(**values, updated_at=now(), event_seq=runs.c.event_seq + len(events))
+        .returning(runs)
+    )
+    row = (await tx.conn.execute(statement)).first()
+    if row is None or not events:
+        return row
+    run_object: dict[str, Any] | None = None
+    rendered: list[tuple[str, dict[str, Any]]] = []
+    for spec in events:
+        if isinstance(spec, str):
+            run_object = run_object or render_run(row)
+            rendered.append((spec, run_object))
+        else:
+            rendered.append(spec)
+    await insert_events(tx, run_id, row.event_seq - len(events) + 1, rendered)
+    if values.get("status") == "queued":
+        await tx.announce_queued()
+    return row
