@@ -81,7 +81,7 @@ async def client() -> AsyncIterator[httpx.AsyncClient]:
 @pytest.fixture
 def make_model(fake: FakeServer, client: httpx.AsyncClient) -> Callable[..., OpenAIChatModel]:
     def make(**options: Any) -> OpenAIChatModel:
-        options = {"base_url": fake.url, "api_key": KEY, "timeout_s": 5.0} | options
+        options = {"base_url": fake.url, "api_key": KEY, "timeout_s": 5.0, **options}
         return OpenAIChatModel("fake-model", client=client, **options)
 
     return make

@@ -232,7 +232,7 @@ def test_unreachable_server_is_a_one_line_error(monkeypatch: pytest.MonkeyPatch)
         cli,
         "make_client",
         lambda base_url, api_key: AgentRunsClient(
-            base_url="http://test", transport=httpx.MockTransport(refuse)
+            base_url="http://test", api_key="key", transport=httpx.MockTransport(refuse)
         ),
     )
     result = invoke("runs", "list")

@@ -105,6 +105,13 @@ def test_empty_error_body_uses_the_reason_phrase(client_for) -> None:
     assert caught.value.message == "Not Found"
 
 
+def test_success_that_is_not_json_is_an_api_error(client_for) -> None:
+    client = client_for(lambda r: httpx.Response(200, text="<html>login</html>"))
+    with pytest.raises(APIError) as caught:
+        client.agents.get("a1")
+    assert caught.value.type == "invalid_response"
+
+
 def test_network_failure_is_a_connection_error(client_for) -> None:
     def refuse(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError("connection refused", request=request)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import pytest
@@ -32,7 +32,7 @@ class ScriptedModel:
 
     name = "scripted"
 
-    def __init__(self, *attempts: list[ModelEvent | ModelError]) -> None:
+    def __init__(self, *attempts: Sequence[ModelEvent | ModelError]) -> None:
         self.attempts = list(attempts)
         self.calls = 0
         self.closed = 0

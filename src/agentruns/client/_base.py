@@ -12,7 +12,7 @@ import httpx
 from agentruns import __version__
 
 from ._events import ReconnectPolicy
-from .errors import APIConnectionError, error_from_response
+from .errors import APIConnectionError, APIError, error_from_response
 
 if TYPE_CHECKING:
     from agentruns.credentials import Credentials
@@ -176,7 +176,14 @@ class BaseClient:
         BaseClient._raise_for_status(response)
         if not response.content:
             return None
-        return response.json()
+        try:
+            return response.json()
+        except ValueError as exc:
+            # Typically a proxy or a wrong base URL answering with a web page.
+            content_type = response.headers.get("content-type", "no content type")
+            raise APIError(
+                response.status_code, "invalid_response", f"expected JSON, got {content_type}"
+            ) from exc
 
     @staticmethod
     def _data(body: Any) -> Any:

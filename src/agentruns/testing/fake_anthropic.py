@@ -84,7 +84,7 @@ def create_app(*, require_key: str | bool | None = None) -> Starlette:
 
 def _frames(reply: Reply, *, model: str) -> list[tuple[bytes, bool]]:
     """SSE frames for a reply; the bool marks frames paced like tokens."""
-    message = {
+    message: dict[str, Any] = {
         "id": f"msg_fake{next(_message_ids)}",
         "type": "message",
         "role": "assistant",
@@ -116,9 +116,12 @@ def _frames(reply: Reply, *, model: str) -> list[tuple[bytes, bool]]:
         error = {"type": "overloaded_error", "message": "Overloaded", **reply.stream_error}
         frames.append((_event("error", {"error": error}), False))
         return frames
-    delta = {"stop_reason": "tool_use" if reply.tool_calls else "end_turn", "stop_sequence": None}
-    usage = {"output_tokens": reply.output_tokens}
-    frames.append((_event("message_delta", {"delta": delta, "usage": usage}), False))
+    stop_reason = "tool_use" if reply.tool_calls else "end_turn"
+    finish = {
+        "delta": {"stop_reason": stop_reason, "stop_sequence": None},
+        "usage": {"output_tokens": reply.output_tokens},
+    }
+    frames.append((_event("message_delta", finish), False))
     frames.append((_event("message_stop", {}), False))
     return frames
 

@@ -67,7 +67,7 @@ def provider_message(body: bytes) -> str:
     if isinstance(data, dict):
         error = data.get("error")
         if isinstance(error, dict) and isinstance(error.get("message"), str):
-            return error["message"][:_MAX_MESSAGE_CHARS]
+            return str(error["message"])[:_MAX_MESSAGE_CHARS]
         if isinstance(error, str):
             return error[:_MAX_MESSAGE_CHARS]
         for key in ("message", "detail"):

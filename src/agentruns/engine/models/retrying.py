@@ -20,7 +20,7 @@ __all__ = ["backoff_delay", "stream_with_retries"]
 
 def backoff_delay(attempt: int, *, base_delay_s: float, max_delay_s: float) -> float:
     """Exponential backoff with jitter: half fixed, half random, so workers spread out."""
-    ceiling = min(max_delay_s, base_delay_s * 2 ** (attempt - 1))
+    ceiling: float = min(max_delay_s, base_delay_s * 2.0 ** (attempt - 1))
     return ceiling / 2 + random.uniform(0, ceiling / 2)
 
 
