@@ -13,7 +13,9 @@ import pytest
 from agentruns.store.database import Database
 from agentruns.store.migrate import upgrade
 
-PG_ADMIN_DSN = os.environ.get("AGENTRUNS_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
+PG_ADMIN_DSN = os.environ.get(
+    "AGENTRUNS_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
 REQUIRE_POSTGRES = os.environ.get("AGENTRUNS_REQUIRE_POSTGRES") == "1"
 
 

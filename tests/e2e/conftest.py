@@ -58,7 +58,10 @@ class Api:
         return self.ok("POST", "/v1/agents", json={"name": "agent", **fields})
 
     def wait(
-        self, run_id: str, until: Callable[[dict[str, Any]], bool] | None = None, timeout_s: float = 20
+        self,
+        run_id: str,
+        until: Callable[[dict[str, Any]], bool] | None = None,
+        timeout_s: float = 20,
     ) -> dict[str, Any]:
         done = until or (lambda run: run["status"] in ("completed", "failed", "cancelled"))
         deadline = time.monotonic() + timeout_s

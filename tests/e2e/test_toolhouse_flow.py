@@ -36,7 +36,9 @@ def test_create_poll_continue_keeps_context(
     )
     assert response.status_code == 200, response.text
     assert response.json()["data"]["status"] == "queued"
-    again = api.wait(run["id"], lambda r: r["status"] == "completed" and r["usage"]["requests"] == 2)
+    again = api.wait(
+        run["id"], lambda r: r["status"] == "completed" and r["usage"]["requests"] == 2
+    )
     assert again["last_agent_message"] == "echo: Perfect, thank you!"
 
     # The model saw the whole earlier conversation on the second call.
@@ -68,7 +70,9 @@ def test_production_runs_the_published_version(api: Api) -> None:
     api.ok("POST", f"/v1/agents/{agent['id']}/publish")
     api.ok("PATCH", f"/v1/agents/{agent['id']}", json={"prompt": "v2 prompt"})
 
-    prod = api.ok("POST", "/v1/agent-runs", json={"agent_id": agent["id"], "environment": "production"})
+    prod = api.ok(
+        "POST", "/v1/agent-runs", json={"agent_id": agent["id"], "environment": "production"}
+    )
     play = api.ok("POST", "/v1/agent-runs", json={"agent_id": agent["id"]})
     assert prod["agent_version"] == 1 and play["agent_version"] == 2
     assert api.wait(prod["id"])["last_agent_message"] == "echo: v1 prompt"

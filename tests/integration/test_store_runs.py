@@ -71,7 +71,9 @@ async def test_list_runs_paginates_newest_first_and_filters(db: Database) -> Non
         if cursor is None:
             break
     assert seen == [r["id"] for r in reversed(made)]
-    none, _ = await runs.list_runs(db, project, status="completed", agent_id=None, limit=10, after=None)
+    none, _ = await runs.list_runs(
+        db, project, status="completed", agent_id=None, limit=10, after=None
+    )
     assert none == []
 
 
