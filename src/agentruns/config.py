@@ -28,8 +28,6 @@ class Settings(BaseSettings):
     max_body_bytes: int = 1024 * 1024
     delta_flush_interval_s: float = 0.05
     sse_heartbeat_s: float = 15.0
-    webhook_allow_private: bool = False
-    require_postgres: bool = False
     state_dir: Path = default_state_dir()
 
     def resolved_default_model(self) -> str:
