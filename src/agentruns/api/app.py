@@ -42,6 +42,11 @@ def build_worker(db: Database, settings: Settings, http: httpx.AsyncClient) -> W
     )
 
 
+def _report_worker_exit(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.critical("the embedded worker crashed", exc_info=task.exception())
+
+
 def model_http_client() -> httpx.AsyncClient:
     # Model calls stream for minutes; only connecting should be quick.
     return httpx.AsyncClient(
@@ -64,13 +69,16 @@ def create_app(settings: Settings, *, with_worker: bool = False) -> FastAPI:
             if with_worker:
                 worker = build_worker(db, settings, http)
                 worker_task = asyncio.create_task(worker.run(), name="agentruns-worker")
+                worker_task.add_done_callback(_report_worker_exit)
             try:
                 yield
             finally:
-                if worker is not None and worker_task is not None:
-                    worker.stop()
-                    await worker_task
-                await db.close()
+                try:
+                    if worker is not None and worker_task is not None:
+                        worker.stop()
+                        await worker_task
+                finally:
+                    await db.close()
 
     app = FastAPI(
         title="agentruns",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -10,6 +11,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from agentruns.api.responses import JSONResponse
 from agentruns.errors import StoreError
+
+log = logging.getLogger(__name__)
 
 ERROR_TYPES = {
     400: "invalid_request",
@@ -101,3 +104,8 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StoreError)
     async def _store(_request: Request, exc: StoreError) -> JSONResponse:
         return error_response(503, str(exc), headers={"Retry-After": "1"})
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
+        log.error("unhandled error", exc_info=exc)
+        return error_response(500, "internal error")

@@ -15,7 +15,6 @@ import socket
 import uuid
 
 from agentruns.engine.executor import Executor
-from agentruns.errors import StoreError
 from agentruns.store import queue
 from agentruns.store.database import Database
 from agentruns.store.queue import Lease
@@ -90,8 +89,10 @@ class Worker:
     async def _claim_one(self) -> bool:
         try:
             claimed = await queue.claim_next_run(self.db, self.worker_id, self.lease_s)
-        except StoreError:
-            log.warning("cannot claim: database unreachable", exc_info=True)
+        except Exception:
+            # A dropped connection, a lock timeout: the queue is still there next poll.
+            log.warning("cannot claim a run; retrying", exc_info=True)
+            await asyncio.sleep(self.poll_interval_s)
             return False
         if claimed is None:
             return False

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,8 +35,20 @@ def normalize_url(url: str) -> str:
     return url
 
 
+# PostgreSQL cannot store U+0000 in JSONB or TEXT; it is replaced everywhere, on both
+# databases, so that what a run streamed and what it stored stay identical.
+_ESCAPED_NUL = re.compile(rb"(?<!\\)((?:\\\\)*)\\u0000")
+
+
 def _dumps(value: Any) -> str:
-    return orjson.dumps(value).decode()
+    encoded = orjson.dumps(value)
+    if b"\\u0000" in encoded:
+        encoded = _ESCAPED_NUL.sub(rb"\1\\ufffd", encoded)
+    return encoded.decode()
+
+
+def without_nul(text: str) -> str:
+    return text.replace("\x00", "\ufffd")
 
 
 @dataclass
@@ -120,6 +133,9 @@ class Database:
             raise StoreError(f"cannot reach the database: {exc}") from exc
         try:
             yield conn
+        except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+            # Lost connections, lock timeouts: the caller may retry; constraint errors pass.
+            raise StoreError(f"the database failed: {exc.orig or exc}") from exc
         finally:
             await conn.close()
 

@@ -84,14 +84,16 @@ async def count_api_keys(db: Database) -> int:
 
 
 async def revoke_api_key(db: Database, key_id: str) -> bool:
-    """Revoke by id or by the shown prefix; False if no such active key."""
+    """Revoke by id or by the shown prefix; False unless exactly one active key matches."""
+    match = sa.and_(
+        sa.or_(api_keys.c.id == key_id, api_keys.c.prefix == key_id),
+        api_keys.c.revoked_at.is_(None),
+    )
     async with db.write() as tx:
-        result = await tx.conn.execute(
-            api_keys.update()
-            .where(
-                sa.or_(api_keys.c.id == key_id, api_keys.c.prefix == key_id),
-                api_keys.c.revoked_at.is_(None),
-            )
-            .values(revoked_at=now())
+        ids = list((await tx.conn.execute(sa.select(api_keys.c.id).where(match))).scalars())
+        if len(ids) != 1:
+            return False
+        await tx.conn.execute(
+            api_keys.update().where(api_keys.c.id == ids[0]).values(revoked_at=now())
         )
-    return result.rowcount > 0
+    return True

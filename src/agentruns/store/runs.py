@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from agentruns.store.clock import new_id, now
 from agentruns.store.database import Database
@@ -58,6 +59,35 @@ async def create_run(
         return await _create_run(db, new, idempotency_key, request_hash)
 
 
+async def _replayed_run(
+    conn: AsyncConnection, project_id: str, key: str, request_hash: str | None, ts: float
+) -> tuple[Any, bool]:
+    """(the run an earlier request with `key` created, whether the key is spent)."""
+    key_filter = sa.and_(idempotency_keys.c.project_id == project_id, idempotency_keys.c.key == key)
+    seen = (await conn.execute(sa.select(idempotency_keys).where(key_filter))).first()
+    if seen is None:
+        return None, False
+    if seen.created_at <= ts - IDEMPOTENCY_WINDOW_S:
+        return None, True
+    if seen.request_hash != request_hash:
+        raise IdempotencyConflict(
+            "this Idempotency-Key was already used with a different request body"
+        )
+    return (await conn.execute(sa.select(runs).where(runs.c.id == seen.run_id))).one(), True
+
+
+async def find_replayed_run(
+    db: Database, project_id: str, key: str, request_hash: str
+) -> dict[str, Any] | None:
+    """The run an earlier request with this key and body created, if any (409 if other body).
+
+    Checked before anything else, so a retry gets its run even if the agent changed since.
+    """
+    async with db.read() as conn:
+        row, _spent = await _replayed_run(conn, project_id, key, request_hash, now())
+    return None if row is None else render_run(row)
+
+
 async def _create_run(
     db: Database, new: NewRun, idempotency_key: str | None, request_hash: str | None
 ) -> tuple[dict[str, Any], bool]:
@@ -65,20 +95,18 @@ async def _create_run(
     run_id = new_id()
     async with db.write() as tx:
         if idempotency_key is not None:
-            key_filter = sa.and_(
-                idempotency_keys.c.project_id == new.project_id,
-                idempotency_keys.c.key == idempotency_key,
+            replayed, spent = await _replayed_run(
+                tx.conn, new.project_id, idempotency_key, request_hash, ts
             )
-            seen = (await tx.conn.execute(sa.select(idempotency_keys).where(key_filter))).first()
-            if seen is not None and seen.created_at > ts - IDEMPOTENCY_WINDOW_S:
-                if seen.request_hash != request_hash:
-                    raise IdempotencyConflict(
-                        "this Idempotency-Key was already used with a different request body"
+            if replayed is not None:
+                return render_run(replayed), False
+            if spent:
+                await tx.conn.execute(
+                    idempotency_keys.delete().where(
+                        idempotency_keys.c.project_id == new.project_id,
+                        idempotency_keys.c.key == idempotency_key,
                     )
-                row = (await tx.conn.execute(sa.select(runs).where(runs.c.id == seen.run_id))).one()
-                return render_run(row), False
-            if seen is not None:
-                await tx.conn.execute(idempotency_keys.delete().where(key_filter))
+                )
         row = (
             await tx.conn.execute(
                 runs.insert()
@@ -165,7 +193,10 @@ async def continue_run(
     async with db.write() as tx:
         row = (
             await tx.conn.execute(
-                sa.select(runs.c.status).where(runs.c.id == run_id, runs.c.project_id == project_id)
+                sa.select(runs.c.status)
+                .where(runs.c.id == run_id, runs.c.project_id == project_id)
+                # Two concurrent continues: the second waits here, then sees `queued`.
+                .with_for_update()
             )
         ).first()
         if row is None:

@@ -12,7 +12,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from agentruns.store.clock import iso, now
-from agentruns.store.database import Tx
+from agentruns.store.database import Tx, without_nul
 from agentruns.store.events import insert_events
 from agentruns.store.tables import runs
 
@@ -65,12 +65,15 @@ async def update_run(
     events: Sequence[EventSpec] = (),
 ) -> Any | None:
     """Apply `values` if `where` holds and append `events`; the new row, or None."""
+    values = {k: without_nul(v) if isinstance(v, str) else v for k, v in values.items()}
     statement = (
         runs.update()
         .where(runs.c.id == run_id, *where)
         .values(**values, updated_at=now(), event_seq=runs.c.event_seq + len(events))
-        .returning(runs)
     )
+    # A token flush needs only its event numbers: skip sending back the growing results.
+    needs_row = bool(values) or any(isinstance(spec, str) for spec in events)
+    statement = statement.returning(*((runs,) if needs_row else (runs.c.id, runs.c.event_seq)))
     row = (await tx.conn.execute(statement)).first()
     if row is None or not events:
         return row

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import AsyncIterator
 
 import orjson
@@ -20,6 +21,9 @@ from agentruns.store import events as event_store
 from agentruns.store import runs
 from agentruns.store.events import TERMINAL_EVENTS
 from agentruns.store.transitions import TERMINAL_STATUSES
+
+EVENT_ID = re.compile(r"[0-9]{1,10}")
+MAX_SEQ = 2**31 - 1
 
 router = APIRouter(prefix="/v1/agent-runs", tags=["agent runs"])
 
@@ -41,6 +45,9 @@ async def event_stream(
     with db.notifier.watch_run(run_id) as wake:
         while True:
             wake.clear()
+            # Status first: a terminal status read here means its events are already
+            # committed, so the read below sees them all before the stream may close.
+            finished = await runs.get_run_status(db, run_id) in TERMINAL_STATUSES
             batch = await event_store.list_events(db, run_id, after=after)
             for event in batch:
                 yield format_event(event)
@@ -50,7 +57,7 @@ async def event_stream(
             if batch:
                 last_sent = loop.time()
                 continue
-            if await runs.get_run_status(db, run_id) in TERMINAL_STATUSES:
+            if finished:
                 # Reconnected after the terminal event: nothing more will come this turn.
                 return
             if loop.time() - last_sent >= heartbeat_s:
@@ -65,12 +72,12 @@ async def stream_events(
     run_id: str,
     request: Request,
     project: str = Depends(current_project),
-    after: int | None = Query(None, ge=0),
+    after: int | None = Query(None, ge=0, le=MAX_SEQ),
     last_event_id: str | None = Header(None),
 ) -> StreamingResponse:
     start = after or 0
     if last_event_id is not None:
-        if not last_event_id.strip().isdigit():
+        if not EVENT_ID.fullmatch(last_event_id.strip()) or int(last_event_id) > MAX_SEQ:
             raise APIError(400, "Last-Event-ID must be an event id (a non-negative integer)")
         start = max(start, int(last_event_id))
     if await runs.get_run(request.app.state.db, project, run_id) is None:

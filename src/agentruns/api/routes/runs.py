@@ -77,6 +77,17 @@ async def create_run(
     project: str = Depends(current_project),
     idempotency_key: str | None = Header(None, max_length=255),
 ) -> JSONResponse:
+    db = request.app.state.db
+    request_hash = None
+    if idempotency_key is not None:
+        canonical = orjson.dumps(body.model_dump(), option=orjson.OPT_SORT_KEYS)
+        request_hash = hashlib.sha256(canonical).hexdigest()
+        try:
+            replayed = await runs.find_replayed_run(db, project, idempotency_key, request_hash)
+        except IdempotencyConflict as exc:
+            raise APIError(409, str(exc)) from exc
+        if replayed is not None:
+            return envelope(replayed)
     agent_id = body.target_agent
     version, spec = await _pinned_spec(request, project, agent_id, body.environment)
     values = {**(spec.get("vars") or {}), **body.vars}
@@ -93,13 +104,9 @@ async def create_run(
         environment=body.environment,
         metadata=body.metadata,
     )
-    request_hash = None
-    if idempotency_key is not None:
-        canonical = orjson.dumps(body.model_dump(), option=orjson.OPT_SORT_KEYS)
-        request_hash = hashlib.sha256(canonical).hexdigest()
     try:
         run, _created = await runs.create_run(
-            request.app.state.db, new, idempotency_key=idempotency_key, request_hash=request_hash
+            db, new, idempotency_key=idempotency_key, request_hash=request_hash
         )
     except IdempotencyConflict as exc:
         raise APIError(409, str(exc)) from exc

@@ -17,14 +17,13 @@ def validate_tool_specs(specs: list[dict[str, Any]]) -> None:
     for index, spec in enumerate(specs):
         kind = spec.get("type")
         name = spec.get("name")
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"tools[{index}]: a tool needs a name (a non-empty string)")
         if kind == "builtin":
             if name not in BUILTIN_TOOLS:
                 known = ", ".join(sorted(BUILTIN_TOOLS))
                 raise ValueError(f"tools[{index}]: unknown builtin tool {name!r} (known: {known})")
-        elif kind == "function":
-            if not isinstance(name, str) or not name:
-                raise ValueError(f"tools[{index}]: a function tool needs a name")
-        else:
+        elif kind != "function":
             raise ValueError(f"tools[{index}]: unsupported tool type {kind!r}")
         if name in seen:
             raise ValueError(f"tools[{index}]: duplicate tool name {name!r}")
