@@ -99,3 +99,20 @@ class RunCreate(Strict):
 
 class RunContinue(Strict):
     message: str = Field(min_length=1)
+
+
+class ToolResponse(Strict):
+    tool_call_id: str = Field(min_length=1)
+    output: str
+
+
+class ToolResponses(Strict):
+    tool_responses: list[ToolResponse] = Field(min_length=1)
+
+    @field_validator("tool_responses")
+    @classmethod
+    def _unique_ids(cls, responses: list[ToolResponse]) -> list[ToolResponse]:
+        ids = [r.tool_call_id for r in responses]
+        if len(ids) != len(set(ids)):
+            raise ValueError("each tool_call_id may appear once per request")
+        return responses

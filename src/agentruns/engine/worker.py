@@ -15,7 +15,7 @@ import socket
 import uuid
 
 from agentruns.engine.executor import Executor
-from agentruns.store import queue
+from agentruns.store import queue, tool_calls
 from agentruns.store.database import Database
 from agentruns.store.queue import Lease
 
@@ -140,6 +140,9 @@ class Worker:
                 count = await queue.requeue_expired_leases(self.db, self.max_attempts)
                 if count:
                     log.warning("re-queued %d runs whose worker was lost", count)
+                count = await tool_calls.fail_expired_tool_waits(self.db)
+                if count:
+                    log.info("%d runs waited too long for tool responses", count)
             except Exception:
                 log.warning("reaper failed", exc_info=True)
             await asyncio.sleep(max(self.lease_s / 2, self.poll_interval_s))

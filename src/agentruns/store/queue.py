@@ -116,6 +116,11 @@ async def requeue_expired_leases(db: Database, max_attempts: int, *, limit: int 
         .limit(limit)
         .with_for_update(skip_locked=True)
     )
+    async with db.read() as conn:
+        # Most passes find nothing: don't take the write lock for that.
+        probe = sa.select(runs.c.id).where(runs.c.status == "in_progress", runs.c.lease_until < ts)
+        if (await conn.execute(probe.limit(1))).first() is None:
+            return 0
     count = 0
     async with db.write() as tx:
         for row in list(await tx.conn.execute(expired)):

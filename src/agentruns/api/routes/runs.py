@@ -11,9 +11,9 @@ from fastapi import APIRouter, Depends, Header, Query, Request
 from agentruns.api.auth import current_project
 from agentruns.api.errors import APIError, not_found
 from agentruns.api.responses import JSONResponse, envelope, list_envelope
-from agentruns.api.schemas import RunContinue, RunCreate
+from agentruns.api.schemas import RunContinue, RunCreate, ToolResponses
 from agentruns.engine.templating import MissingVars, render_all
-from agentruns.store import agents, runs
+from agentruns.store import agents, runs, tool_calls
 from agentruns.store.runs import IdempotencyConflict, NewRun, StateConflict
 
 router = APIRouter(prefix="/v1/agent-runs", tags=["agent runs"])
@@ -173,6 +173,27 @@ async def cancel_run(
         run = await runs.cancel_run(request.app.state.db, project, run_id)
     except StateConflict as exc:
         raise APIError(409, f"cannot cancel: {exc}") from exc
+    if run is None:
+        raise not_found("run", run_id)
+    return envelope(run)
+
+
+@router.post("/{run_id}/tool-responses")
+async def submit_tool_responses(
+    run_id: str, body: ToolResponses, request: Request, project: str = Depends(current_project)
+) -> JSONResponse:
+    """Answer a paused run's client-side tool calls; it resumes when all are answered."""
+    answers = [(r.tool_call_id, r.output) for r in body.tool_responses]
+    try:
+        run = await tool_calls.submit_tool_responses(request.app.state.db, project, run_id, answers)
+    except tool_calls.UnknownToolCall as exc:
+        raise APIError(
+            422,
+            f"tool_responses: the run is not waiting for a tool call with id {exc}",
+            details=[{"field": "tool_responses.tool_call_id", "message": f"unknown id {exc}"}],
+        ) from exc
+    except StateConflict as exc:
+        raise APIError(409, str(exc)) from exc
     if run is None:
         raise not_found("run", run_id)
     return envelope(run)
