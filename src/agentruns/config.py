@@ -25,6 +25,7 @@ class Settings(BaseSettings):
     lease_seconds: float = 30.0
     poll_interval_s: float = 1.0
     max_attempts: int = 3
+    shutdown_grace_s: float = 10.0
     max_body_bytes: int = 1024 * 1024
     delta_flush_interval_s: float = 0.05
     sse_heartbeat_s: float = 15.0

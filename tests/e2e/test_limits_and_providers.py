@@ -77,9 +77,18 @@ def test_max_steps_stops_a_model_that_never_stops_calling_tools(
     assert "run.completed" not in types
 
 
+@pytest.fixture
+def single_slot_server(tmp_path: Path, fake_model: FakeServer) -> Iterator[ServerProcess]:
+    """A server whose worker runs one run at a time, so a stuck run would block the next."""
+    env = {**server_env(fake_model), "AGENTRUNS_WORKER_CONCURRENCY": "1"}
+    with ServerProcess(tmp_path, env=env) as process:
+        yield process
+
+
 def test_timeout_fails_a_slow_run_and_frees_the_worker(
-    server: ServerProcess, api: Api, fake_model: FakeServer
+    single_slot_server: ServerProcess, fake_model: FakeServer
 ) -> None:
+    server, api = single_slot_server, Api(single_slot_server)
     fake_model.script({"text": "much too late", "first_token_delay_s": 5})
     slow = api.agent(prompt="slow", timeout_s=1)
     started = time.monotonic()
@@ -93,8 +102,8 @@ def test_timeout_fails_a_slow_run_and_frees_the_worker(
     assert done["results"] == [{"type": "error", "error": error}]
     assert done["last_agent_message"] is None
 
-    # The abandoned model call does not hold the worker: a new run completes at once,
-    # while the timed-out call would still be waiting for its first token.
+    # The abandoned model call does not hold the worker's only slot: a new run completes
+    # at once, while the timed-out call would still be waiting for its first token.
     quick = start_run(api, api.agent(prompt="quick"))
     other = api.wait(quick["id"], timeout_s=3)
     assert other["status"] == "completed" and other["last_agent_message"] == "echo: quick"
@@ -103,6 +112,35 @@ def test_timeout_fails_a_slow_run_and_frees_the_worker(
     # The failed run stays failed: nothing was written after its terminal event.
     again = api.ok("GET", f"/v1/agent-runs/{run['id']}")
     assert again["status"] == "failed" and again["updated_at"] == done["updated_at"]
+
+
+def test_timeout_mid_stream_keeps_the_streamed_text_exact(
+    tmp_path: Path, fake_model: FakeServer
+) -> None:
+    """Timeouts that strike while deltas are being written: no text is sent twice.
+
+    Every token is its own write here, so many of these timeouts land inside a
+    commit; before the fix, the failure re-sent the text that commit had stored.
+    """
+    text = " ".join(f"w{i}" for i in range(400))
+    env = {**server_env(fake_model), "AGENTRUNS_DELTA_FLUSH_INTERVAL_S": "0"}
+    with ServerProcess(tmp_path, env=env) as server:
+        api = Api(server)
+        count = 12
+        fake_model.script(*({"text": text, "token_delay_s": 0.003} for _ in range(count)))
+        runs = [
+            start_run(api, api.agent(prompt="slow", timeout_s=0.5 + k * 0.0137))
+            for k in range(count)
+        ]
+        for run in runs:
+            done = api.wait(run["id"], timeout_s=8)
+            assert_failed(server, done, "timeout")
+            events = events_of(server, run["id"])
+            streamed = "".join(e.data["delta"] for e in events if e.type == "message.delta")
+            assert streamed and text.startswith(streamed), streamed[-80:]
+            assert "message.completed" not in [e.type for e in events]
+            assert done["results"] == [{"type": "error", "error": done["error"]}]
+        assert "Traceback" not in server.logs()
 
 
 # --- provider errors ----------------------------------------------------------------------
@@ -144,12 +182,16 @@ def test_rate_limit_honours_retry_after_then_completes(
     server: ServerProcess, api: Api, fake_model: FakeServer
 ) -> None:
     fake_model.script(
-        {"error": {"status": 429, "message": "slow down", "retry_after": 0.3}},
+        {"error": {"status": 429, "message": "slow down", "retry_after": 1.2}},
         {"text": "after the wait"},
     )
+    started = time.monotonic()
     run = start_run(api, api.agent(prompt="hello"))
 
     done = api.wait(run["id"], timeout_s=10)
+    # The computed backoff before a second attempt is at most 0.5 s: waiting longer
+    # shows the provider's Retry-After was honoured.
+    assert time.monotonic() - started >= 1.2
     assert done["status"] == "completed", done
     assert done["last_agent_message"] == "after the wait"
     assert len(fake_model.requests()) == 2
@@ -226,7 +268,9 @@ def test_per_agent_base_url_and_api_key_env(tmp_path: Path, fake_model: FakeServ
             )
             # Same endpoint, but the server-wide key (OPENAI_API_KEY=sk-fake): refused.
             default_key = api.agent(
-                prompt="hi there", model="openai:other-model", model_settings={"base_url": other.url}
+                prompt="hi there",
+                model="openai:other-model",
+                model_settings={"base_url": other.url},
             )
             unset = api.agent(
                 prompt="hi there",

@@ -39,6 +39,7 @@ def build_worker(db: Database, settings: Settings, http: httpx.AsyncClient) -> W
         lease_s=settings.lease_seconds,
         poll_interval_s=settings.poll_interval_s,
         max_attempts=settings.max_attempts,
+        shutdown_grace_s=settings.shutdown_grace_s,
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -138,16 +139,24 @@ class Executor:
         values: dict[str, Any] | None = None,
         events: list[Any] | None = None,
         new_messages: list[dict[str, Any]] | None = None,
+        then: Callable[[], None] | None = None,
     ) -> None:
-        await commit_step(
-            self.db,
-            progress.lease,
-            values=values,
-            events=events or [],
-            messages=new_messages or [],
-            position=len(progress.messages),
-        )
-        progress.messages.extend(new_messages or [])
+        """Write a step, then update `progress` by `then`: both, even if cancelled meanwhile."""
+
+        async def write() -> None:
+            await commit_step(
+                self.db,
+                progress.lease,
+                values=values,
+                events=events or [],
+                messages=new_messages or [],
+                position=len(progress.messages),
+            )
+            progress.messages.extend(new_messages or [])
+            if then is not None:
+                then()
+
+        await _uninterruptible(write())
 
     async def _model_step(
         self, progress: RunProgress, model: Model, toolset: Toolset, settings: dict[str, Any]
@@ -197,16 +206,22 @@ class Executor:
                 RELEASED, status="completed", last_agent_message=content, completed_at=now()
             )
             events.extend(status_events("completed"))
-        await self._commit(progress, values, events, [message])
-        progress.pending_delta.clear()
-        progress.results, progress.usage = results, usage_total
-        progress.turn_steps += 1
-        progress.finished = not tool_calls
+
+        def committed() -> None:
+            progress.pending_delta.clear()
+            progress.results, progress.usage = results, usage_total
+            progress.turn_steps += 1
+            progress.finished = not tool_calls
+
+        await self._commit(progress, values, events, [message], then=committed)
 
     async def _flush_delta(self, progress: RunProgress) -> None:
         delta = "".join(progress.pending_delta)
-        await self._commit(progress, events=[("message.delta", {"delta": delta})])
-        progress.pending_delta.clear()
+        await self._commit(
+            progress,
+            events=[("message.delta", {"delta": delta})],
+            then=progress.pending_delta.clear,
+        )
 
     async def _handle_tool_calls(
         self,
@@ -243,10 +258,17 @@ class Executor:
             "name": call["name"],
             "content": output,
         }
+
+        def committed() -> None:
+            progress.results = results
+
         await self._commit(
-            progress, {"results": results}, [("tool_call.completed", completed)], [tool_message]
+            progress,
+            {"results": results},
+            [("tool_call.completed", completed)],
+            [tool_message],
+            then=committed,
         )
-        progress.results = results
 
     async def _call_tool(self, toolset: Toolset, call: dict[str, Any]) -> tuple[str, bool]:
         tool = toolset.server.get(call["name"])
@@ -303,3 +325,25 @@ class Executor:
         except LeaseLost:
             log.info("run %s: lease lost before recording failure %s", progress.lease.run_id, kind)
         progress.finished = True
+
+
+async def _uninterruptible(write: Coroutine[Any, Any, None]) -> None:
+    """Await `write` to its end even if the caller is cancelled meanwhile, then re-raise.
+
+    A cancellation (the run's `timeout_s`, a shutdown) that struck inside a write
+    could not stop the commit itself (the SQLite driver runs in a thread), but it
+    skipped the in-memory bookkeeping after it: the failure then recorded stale
+    `results` and re-sent text already streamed. So writes finish first.
+    """
+    task = asyncio.ensure_future(write)
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.wait([task])  # unlike `await task`, cancelling this spares the task
+        except asyncio.CancelledError:
+            cancelled = True
+    if cancelled:
+        if not task.cancelled():
+            task.exception()  # retrieved: the cancellation is what the caller must see
+        raise asyncio.CancelledError
+    task.result()
