@@ -24,6 +24,7 @@ from agentruns.engine.models.base import (
     ToolCall,
     ToolDefinition,
     Usage,
+    message_text,
 )
 from agentruns.engine.models.provider_errors import (
     error_from_response,
@@ -215,7 +216,7 @@ def _wire_messages(messages: list[Message]) -> tuple[str, list[dict[str, Any]]]:
     for message in messages:
         role = message["role"]
         if role == "system":
-            text = _text_of(message.get("content"))
+            text = message_text(message.get("content"))
             if text:
                 system.append(text)
         elif role == "user":
@@ -236,7 +237,7 @@ def _wire_messages(messages: list[Message]) -> tuple[str, list[dict[str, Any]]]:
             result: dict[str, Any] = {
                 "type": "tool_result",
                 "tool_use_id": message["tool_call_id"],
-                "content": _text_of(message.get("content")),
+                "content": message_text(message.get("content")),
             }
             if message.get("is_error"):
                 result["is_error"] = True
@@ -256,24 +257,9 @@ def _append_turn(wire: list[dict[str, Any]], role: str, blocks: list[dict[str, A
 
 
 def _text_blocks(content: Any) -> list[dict[str, Any]]:
-    text = _text_of(content)
+    text = message_text(content)
     # The API rejects empty text blocks.
     return [{"type": "text", "text": text}] if text else []
-
-
-def _text_of(content: Any) -> str:
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        # OpenAI-style content parts: keep the text ones.
-        return "".join(
-            part.get("text", "")
-            for part in content
-            if isinstance(part, dict) and part.get("type") == "text"
-        )
-    return orjson.dumps(content).decode()
 
 
 def _parse_arguments(arguments: Any) -> dict[str, Any]:

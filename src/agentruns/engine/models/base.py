@@ -19,9 +19,26 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import orjson
+
 Message = dict[str, Any]
 
 MESSAGE_FORMAT_VERSION = 1
+
+
+def message_text(content: Any) -> str:
+    """The text of a message's content (a string, OpenAI-style parts, or anything else as JSON)."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(
+            part.get("text", "")
+            for part in content
+            if isinstance(part, dict) and part.get("type") == "text"
+        )
+    return orjson.dumps(content).decode()
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,6 +23,7 @@ from agentruns.engine.models.base import (
     ToolCall,
     ToolDefinition,
     Usage,
+    message_text,
 )
 
 __all__ = [
@@ -59,7 +60,7 @@ class TestModel:
         self, messages: list[Message], tools: list[ToolDefinition], settings: dict[str, Any]
     ) -> AsyncIterator[ModelEvent]:
         delay = float(settings.get("test_delay_s") or 0)
-        input_tokens = sum(_count_words(_text_of(m.get("content"))) for m in messages)
+        input_tokens = sum(_count_words(message_text(m.get("content"))) for m in messages)
         user_text, called, outputs = turn_since_last_user(messages)
         pending = [tool for tool in tools if tool.name not in called]
         if pending:
@@ -88,7 +89,7 @@ def turn_since_last_user(
 ) -> tuple[str | None, set[str], list[tuple[str, str]]]:
     """The last user message's text, the tools called since, and their outputs in order."""
     last_user = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=-1)
-    user_text = _text_of(messages[last_user].get("content")) if last_user >= 0 else None
+    user_text = message_text(messages[last_user].get("content")) if last_user >= 0 else None
     names_by_id: dict[str, str] = {}
     called: set[str] = set()
     outputs: list[tuple[str, str]] = []
@@ -99,7 +100,7 @@ def turn_since_last_user(
                 called.add(call["name"])
         elif message["role"] == "tool":
             name = message.get("name") or names_by_id.get(message.get("tool_call_id", ""), "?")
-            outputs.append((name, _text_of(message.get("content"))))
+            outputs.append((name, message_text(message.get("content"))))
     return user_text, called, outputs
 
 
@@ -209,17 +210,3 @@ def _quote(text: str) -> str:
 
 def _count_words(text: str) -> int:
     return len(text.split())
-
-
-def _text_of(content: Any) -> str:
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(
-            part.get("text", "")
-            for part in content
-            if isinstance(part, dict) and part.get("type") == "text"
-        )
-    return orjson.dumps(content).decode()
