@@ -86,3 +86,37 @@ def test_pause_deadline_fails_the_run(api: Api, fake_model: FakeServer) -> None:
     assert run["status"] == "failed" and run["error"]["type"] == "tool_response_timeout"
     late = answer(api, run["id"], ("c1", "sorry"))
     assert late.status_code == 409 and "too late" in late.json()["error"]["message"]
+
+
+def test_bad_arguments_go_back_to_the_model_not_to_the_client(
+    server: ServerProcess, api: Api, fake_model: FakeServer
+) -> None:
+    strict = {**LOOKUP, "parameters": {**LOOKUP["parameters"], "required": ["word"]}}
+    fake_model.script(
+        {"tool_calls": [{"id": "bad1", "name": "lookup", "arguments": "{not json"}]},
+        {"tool_calls": [{"id": "bad2", "name": "lookup", "arguments": {"word": 7}}]},
+        {"tool_calls": [{"id": "ok", "name": "lookup", "arguments": {"word": "fine"}}]},
+    )
+    agent = api.agent(prompt="look it up", tools=[strict])
+    run = api.ok("POST", "/v1/agent-runs", json={"agent_id": agent["id"]})
+    run = api.wait(run["id"], lambda r: r["status"] in ("awaiting_tool_calls", "failed"))
+    # Only the valid call ever reached the client.
+    assert [c["id"] for c in run["pending_tool_calls"]] == ["ok"]
+    sent = fake_model.requests()
+    assert len(sent) == 3
+    errors = {m["tool_call_id"]: m["content"] for m in sent[2]["messages"] if m["role"] == "tool"}
+    assert "not valid JSON" in errors["bad1"]
+    assert "word" in errors["bad2"] and "call it again" in errors["bad2"]
+    required = []
+    for event in read_events(server.url, run["id"], server.api_key):
+        if event.type == "tool_calls.required":
+            required.append(event.data)
+        if event.type == "run.status" and event.data["status"] == "awaiting_tool_calls":
+            break  # the stream stays open while the run waits
+    assert [[c["id"] for c in r["tool_calls"]] for r in required] == [["ok"]]
+
+
+def test_invalid_parameter_schema_is_refused_at_save(api: Api) -> None:
+    bad = {**LOOKUP, "parameters": {"type": "object", "properties": {"word": {"type": "strang"}}}}
+    response = api.call("POST", "/v1/agents", json={"name": "x", "tools": [bad]})
+    assert response.status_code == 422 and "tools[0]" in response.json()["error"]["message"]

@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-import orjson
 
 from agentruns.engine.models import resolve_model
 from agentruns.engine.models.base import Model, TextDelta, ToolCall, Usage
 from agentruns.engine.models.retrying import stream_with_retries
 from agentruns.engine.tools import Toolset, build_toolset
+from agentruns.engine.tools.arguments import InvalidArguments, parse_arguments
 from agentruns.errors import LeaseLost, ModelError, ToolError
 from agentruns.store import agents, messages
 from agentruns.store.clock import now
@@ -230,10 +230,19 @@ class Executor:
         open_calls: list[dict[str, Any]],
         spec: dict[str, Any],
     ) -> None:
-        client_calls = [c for c in open_calls if toolset.is_client_tool(c["name"])]
+        client_calls = []
         for call in open_calls:
-            if not toolset.is_client_tool(call["name"]):
+            definition = toolset.client.get(call["name"])
+            if definition is None:
                 await self._run_server_tool(progress, toolset, call)
+                continue
+            try:
+                parse_arguments(call["name"], call["arguments"], definition.parameters)
+            except InvalidArguments as exc:
+                # Never sent to the client: the model is asked to call again.
+                await self._record_tool_output(progress, call, str(exc), is_error=True)
+            else:
+                client_calls.append(call)
         if client_calls:
             await self._pause_for_client_tools(progress, client_calls, spec)
 
@@ -242,6 +251,11 @@ class Executor:
     ) -> None:
         await self._commit(progress, events=[("tool_call.started", call)])
         output, is_error = await self._call_tool(toolset, call)
+        await self._record_tool_output(progress, call, output, is_error=is_error)
+
+    async def _record_tool_output(
+        self, progress: RunProgress, call: dict[str, Any], output: str, *, is_error: bool
+    ) -> None:
         completed = {**call, "output": output, "is_error": is_error}
         results = [
             *progress.results,
@@ -275,11 +289,9 @@ class Executor:
         if tool is None:
             return f"error: there is no tool named {call['name']!r}", True
         try:
-            arguments = orjson.loads(call["arguments"] or "{}")
-        except orjson.JSONDecodeError as exc:
-            return f"error: the arguments are not valid JSON ({exc}); call the tool again", True
-        if not isinstance(arguments, dict):
-            return "error: the arguments must be a JSON object; call the tool again", True
+            arguments = parse_arguments(call["name"], call["arguments"], tool.definition.parameters)
+        except InvalidArguments as exc:
+            return str(exc), True
         try:
             return await tool.call(arguments), False
         except ToolError as exc:

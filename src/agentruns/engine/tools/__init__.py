@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from agentruns.engine.models.base import ToolDefinition
+from agentruns.engine.tools.arguments import check_schema
 from agentruns.engine.tools.base import ServerTool, Toolset
 from agentruns.engine.tools.builtin import BUILTIN_TOOLS
 
@@ -23,7 +24,12 @@ def validate_tool_specs(specs: list[dict[str, Any]]) -> None:
             if name not in BUILTIN_TOOLS:
                 known = ", ".join(sorted(BUILTIN_TOOLS))
                 raise ValueError(f"tools[{index}]: unknown builtin tool {name!r} (known: {known})")
-        elif kind != "function":
+        elif kind == "function":
+            try:
+                check_schema(spec.get("parameters") or {"type": "object"})
+            except ValueError as exc:
+                raise ValueError(f"tools[{index}]: {exc}") from exc
+        else:
             raise ValueError(f"tools[{index}]: unsupported tool type {kind!r}")
         if name in seen:
             raise ValueError(f"tools[{index}]: duplicate tool name {name!r}")
