@@ -132,3 +132,15 @@ idempotency_keys = sa.Table(
     sa.Column("run_id", sa.String(36), sa.ForeignKey("runs.id"), nullable=False),
     sa.Column("created_at", Time, nullable=False),
 )
+
+tool_definitions = sa.Table(
+    "tool_definitions",
+    metadata,
+    sa.Column("project_id", sa.String(36), sa.ForeignKey("projects.id"), primary_key=True),
+    sa.Column("namespace", sa.String(100), primary_key=True),
+    sa.Column("name", sa.String(100), primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("description", sa.Text, nullable=False),
+    sa.Column("parameters", JSON, nullable=False),
+    sa.Column("created_at", Time, nullable=False),
+)
