@@ -16,7 +16,7 @@ from agentruns import __version__
 from agentruns.api.errors import install_error_handlers
 from agentruns.api.limits import BodySizeLimit
 from agentruns.api.responses import JSONResponse
-from agentruns.api.routes import agents, events, runs
+from agentruns.api.routes import agents, events, runs, tools
 from agentruns.config import Settings
 from agentruns.engine.executor import Executor
 from agentruns.engine.worker import Worker
@@ -94,6 +94,7 @@ def create_app(settings: Settings, *, with_worker: bool = False) -> FastAPI:
     app.include_router(agents.router)
     app.include_router(runs.router)
     app.include_router(events.router)
+    app.include_router(tools.router)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> PlainTextResponse:

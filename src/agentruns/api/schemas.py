@@ -116,3 +116,14 @@ class ToolResponses(Strict):
         if len(ids) != len(set(ids)):
             raise ValueError("each tool_call_id may appear once per request")
         return responses
+
+
+class ToolDefinitionIn(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    namespace: str = Field("default", pattern=r"^[A-Za-z0-9_.-]{1,100}$")
+    description: str = Field("", max_length=10_000)
+    parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
+
+
+class ToolRegistration(Strict):
+    tools: list[ToolDefinitionIn] = Field(min_length=1, max_length=500)

@@ -19,10 +19,10 @@ import httpx
 from agentruns.engine.models import resolve_model
 from agentruns.engine.models.base import Model, TextDelta, ToolCall, Usage
 from agentruns.engine.models.retrying import stream_with_retries
-from agentruns.engine.tools import Toolset, build_toolset
+from agentruns.engine.tools import Toolset, build_toolset, inline_refs, tool_refs
 from agentruns.engine.tools.arguments import InvalidArguments, parse_arguments
 from agentruns.errors import LeaseLost, ModelError, ToolError
-from agentruns.store import agents, messages
+from agentruns.store import agents, messages, tool_registry
 from agentruns.store.clock import now
 from agentruns.store.database import Database
 from agentruns.store.execution import commit_step
@@ -95,7 +95,7 @@ class Executor:
             if remaining <= 0:
                 raise TimeoutError
             async with asyncio.timeout(remaining):
-                await self._loop(progress, spec)
+                await self._loop(progress, spec, row.project_id)
         except LeaseLost:
             log.info("run %s: lease lost (cancelled or taken over)", lease.run_id)
         except TimeoutError:
@@ -112,13 +112,22 @@ class Executor:
                 progress, "internal_error", f"internal error: {type(exc).__name__}: {exc}"
             )
 
-    async def _loop(self, progress: RunProgress, spec: dict[str, Any]) -> None:
+    async def _tool_specs(self, project_id: str, spec: dict[str, Any]) -> list[dict[str, Any]]:
+        specs = spec.get("tools") or []
+        refs = tool_refs(specs)
+        found = await tool_registry.find_tools(self.db, project_id, refs) if refs else {}
+        try:
+            return inline_refs(specs, found)
+        except KeyError as exc:
+            raise ToolError(f"the registered tool {exc} no longer exists") from exc
+
+    async def _loop(self, progress: RunProgress, spec: dict[str, Any], project_id: str) -> None:
         model = resolve_model(
             spec.get("model") or self.default_model,
             spec.get("model_settings") or {},
             client=self.http,
         )
-        toolset = build_toolset(spec.get("tools") or [])
+        toolset = build_toolset(await self._tool_specs(project_id, spec))
         max_steps = spec.get("max_steps") or DEFAULT_MAX_STEPS
         while not progress.finished:
             open_calls = unanswered_tool_calls(progress.messages)

@@ -11,10 +11,22 @@ from agentruns.api.errors import APIError, not_found
 from agentruns.api.responses import JSONResponse, envelope, list_envelope
 from agentruns.api.schemas import AgentCreate, AgentPublish, AgentUpdate
 from agentruns.engine.models import validate_model_spec
-from agentruns.engine.tools import validate_tool_specs
-from agentruns.store import agents
+from agentruns.engine.tools import tool_refs, validate_tool_specs
+from agentruns.store import agents, tool_registry
 
 router = APIRouter(prefix="/v1/agents", tags=["agents"])
+
+
+async def _check_refs(request: Request, project: str, fields: dict[str, Any]) -> None:
+    """A `ref` to a tool that is not registered is refused when the agent is saved."""
+    refs = tool_refs(fields.get("tools") or [])
+    found = await tool_registry.find_tools(request.app.state.db, project, refs)
+    missing = sorted(f"{ns}/{name}" for ns, name in refs - found.keys())
+    if missing:
+        message = (
+            f"tools: no registered tool {', '.join(missing)} (register it with POST /v1/tools)"
+        )
+        raise APIError(422, message, details=[{"field": "tools", "message": message}])
 
 
 def _check_spec(fields: dict[str, Any]) -> None:
@@ -38,6 +50,7 @@ async def create_agent(
 ) -> JSONResponse:
     spec = body.spec()
     _check_spec(spec)
+    await _check_refs(request, project, spec)
     return envelope(await agents.create_agent(request.app.state.db, project, spec), 201)
 
 
@@ -78,6 +91,7 @@ async def update_agent(
     if changes.get("name", "") is None:
         raise APIError(422, "name: cannot be null", details=[{"field": "name", "message": "null"}])
     _check_spec(changes)
+    await _check_refs(request, project, changes)
     agent = await agents.update_agent(request.app.state.db, project, agent_id, changes)
     if agent is None:
         raise not_found("agent", agent_id)
