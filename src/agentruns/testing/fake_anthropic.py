@@ -58,7 +58,7 @@ def create_app(*, require_key: str | bool | None = None) -> Starlette:
             body = orjson.loads(await request.body())
         except orjson.JSONDecodeError:
             return _error(400, "The request body is not valid JSON.")
-        state.requests.append(body)
+        state.record(body)
         if not state.key_accepted(request.headers.get("x-api-key")):
             return _error(401, "invalid x-api-key")
         if not request.headers.get("anthropic-version"):
@@ -72,7 +72,10 @@ def create_app(*, require_key: str | bool | None = None) -> Starlette:
         if reply.error:
             return _scripted_error(reply.error)
         frames = _frames(reply, model=str(body["model"]))
-        return StreamingResponse(paced_frames(frames, reply), media_type="text/event-stream")
+        state.in_flight.started()
+        return StreamingResponse(
+            paced_frames(frames, reply, state.in_flight), media_type="text/event-stream"
+        )
 
     app = Starlette(
         routes=[Route("/v1/messages", messages, methods=["POST"]), *control_routes(state)]

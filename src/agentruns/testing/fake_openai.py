@@ -49,7 +49,7 @@ def create_app(*, require_key: str | bool | None = None) -> Starlette:
             body = orjson.loads(await request.body())
         except orjson.JSONDecodeError:
             return _error(400, "The request body is not valid JSON.")
-        state.requests.append(body)
+        state.record(body)
         token = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
         if not state.key_accepted(token or None):
             return _error(401, "Incorrect API key provided.", code="invalid_api_key")
@@ -63,7 +63,10 @@ def create_app(*, require_key: str | bool | None = None) -> Starlette:
             return _scripted_error(reply.error)
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         frames = _frames(reply, model=str(body.get("model")), include_usage=include_usage)
-        return StreamingResponse(paced_frames(frames, reply), media_type="text/event-stream")
+        state.in_flight.started()
+        return StreamingResponse(
+            paced_frames(frames, reply, state.in_flight), media_type="text/event-stream"
+        )
 
     app = Starlette(
         routes=[

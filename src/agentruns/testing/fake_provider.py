@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import time
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -22,7 +23,8 @@ from starlette.routing import Route
 
 from agentruns.engine.models.offline import example_arguments
 
-MODES = ("echo", "tools")
+MODES = ("echo", "tools", "bench")
+BENCH_ANSWER = " ".join(f"word{i}" for i in range(1, 21))
 
 
 @dataclass(slots=True)
@@ -32,6 +34,48 @@ class FakeConfig:
     mode: str = "echo"
     token_delay_s: float = 0.0
     first_token_delay_s: float = 0.0
+    # Benchmarks send thousands of requests: they switch recording off.
+    record_requests: bool = True
+
+
+class InFlight:
+    """How many model calls are open at once, averaged over time since the last reset."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.now = 0
+        self.peak = 0
+        self.total = 0
+        self._area = 0.0
+        self._since = self._changed = time.monotonic()
+
+    def _advance(self) -> None:
+        current = time.monotonic()
+        self._area += self.now * (current - self._changed)
+        self._changed = current
+
+    def started(self) -> None:
+        self._advance()
+        self.now += 1
+        self.total += 1
+        self.peak = max(self.peak, self.now)
+
+    def finished(self) -> None:
+        self._advance()
+        self.now -= 1
+
+    def stats(self) -> dict[str, float]:
+        self._advance()
+        elapsed = max(self._changed - self._since, 1e-9)
+        return {
+            "requests": self.total,
+            "in_flight": self.now,
+            "peak_in_flight": self.peak,
+            "average_in_flight": self._area / elapsed,
+            "window_s": elapsed,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +117,7 @@ class FakeProviderState:
     def __init__(self, *, require_key: str | bool | None = None, id_prefix: str = "call_"):
         self.requests: list[Any] = []
         self.config = FakeConfig()
+        self.in_flight = InFlight()
         self.require_key = require_key
         self._script: deque[dict[str, Any]] = deque()
         self._id_prefix = id_prefix
@@ -89,6 +134,7 @@ class FakeProviderState:
         mode: str | None = None,
         token_delay_s: float | None = None,
         first_token_delay_s: float | None = None,
+        record_requests: bool | None = None,
     ) -> None:
         if mode is not None:
             if mode not in MODES:
@@ -98,6 +144,12 @@ class FakeProviderState:
             self.config.token_delay_s = float(token_delay_s)
         if first_token_delay_s is not None:
             self.config.first_token_delay_s = float(first_token_delay_s)
+        if record_requests is not None:
+            self.config.record_requests = bool(record_requests)
+
+    def record(self, body: Any) -> None:
+        if self.config.record_requests:
+            self.requests.append(body)
 
     def script(self, responses: list[dict[str, Any]]) -> None:
         """Queue replies, consumed one per model request before the default mode applies."""
@@ -131,6 +183,8 @@ class FakeProviderState:
             name, schema = conversation.tools[0]
             arguments = orjson.dumps(example_arguments(schema)).decode()
             reply.tool_calls = [FakeToolCall(self._new_id(), name, arguments)]
+        elif self.config.mode == "bench":
+            reply.text = BENCH_ANSWER
         elif conversation.tool_outputs_since_user:
             reply.text = "done: " + "; ".join(conversation.tool_outputs_since_user)
         else:
@@ -183,18 +237,24 @@ def count_words(text: str) -> int:
     return len(text.split())
 
 
-async def paced_frames(frames: list[tuple[bytes, bool]], reply: Reply) -> AsyncIterator[bytes]:
+async def paced_frames(
+    frames: list[tuple[bytes, bool]], reply: Reply, in_flight: InFlight | None = None
+) -> AsyncIterator[bytes]:
     """Stream frames, sleeping before each token frame; stop half-way for `cut_stream`."""
     if reply.cut_stream:
         frames = frames[: max(1, len(frames) // 2)]
     first = True
-    for payload, is_token in frames:
-        if is_token:
-            delay = reply.first_token_delay_s if first else reply.token_delay_s
-            first = False
-            if delay > 0:
-                await asyncio.sleep(delay)
-        yield payload
+    try:
+        for payload, is_token in frames:
+            if is_token:
+                delay = reply.first_token_delay_s if first else reply.token_delay_s
+                first = False
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            yield payload
+    finally:
+        if in_flight is not None:
+            in_flight.finished()
 
 
 def json_response(
@@ -222,6 +282,7 @@ def control_routes(state: FakeProviderState) -> list[Route]:
                 mode=data.get("mode"),
                 token_delay_s=data.get("token_delay_s"),
                 first_token_delay_s=data.get("first_token_delay_s"),
+                record_requests=data.get("record_requests"),
             )
         except ValueError as exc:
             return json_response({"error": str(exc)}, status_code=400)
@@ -241,7 +302,13 @@ def control_routes(state: FakeProviderState) -> list[Route]:
         state.script(responses)
         return json_response({"queued": len(responses)})
 
+    async def stats(request: Request) -> Response:
+        if request.method == "POST":
+            state.in_flight.reset()
+        return json_response(state.in_flight.stats())
+
     return [
+        Route("/_control/stats", stats, methods=["GET", "POST"]),
         Route("/_control/requests", requests, methods=["GET"]),
         Route("/_control/reset", reset, methods=["POST"]),
         Route("/_control/config", config, methods=["POST"]),

@@ -13,7 +13,7 @@ from typing import Any
 import uvicorn
 from starlette.applications import Starlette
 
-from agentruns.testing.fake_provider import FakeProviderState
+from agentruns.testing.fake_provider import MODES, FakeProviderState
 
 __all__ = ["FakeServer", "serve_from_command_line", "start_in_thread"]
 
@@ -90,15 +90,19 @@ def serve_from_command_line(
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
     parser.add_argument("--require-key", default=None, help="only accept this API key")
-    parser.add_argument("--mode", choices=["echo", "tools"], default="echo")
+    parser.add_argument("--mode", choices=list(MODES), default="echo")
     parser.add_argument("--token-delay-s", type=float, default=0.0)
     parser.add_argument("--first-token-delay-s", type=float, default=0.0)
+    parser.add_argument(
+        "--no-record", action="store_true", help="keep no request bodies (long benchmarks)"
+    )
     args = parser.parse_args(argv)
     app = create_app(require_key=args.require_key)
     app.state.fake.configure(
         mode=args.mode,
         token_delay_s=args.token_delay_s,
         first_token_delay_s=args.first_token_delay_s,
+        record_requests=not args.no_record,
     )
     sock = _bind(args.host, args.port)
     print(f"listening on http://{args.host}:{sock.getsockname()[1]}", flush=True)
