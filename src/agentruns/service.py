@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
 
 import uvicorn
 from rich.console import Console
@@ -59,13 +60,30 @@ def serve(settings: Settings, *, host: str, port: int, with_worker: bool) -> Non
         console.print(f"Saved for the CLI and SDK in {path}")
     mode = "API + worker" if with_worker else "API only"
     console.print(f"agentruns ({mode}) on [bold]{base_url}[/]  (docs: {base_url}/docs)")
-    uvicorn.run(
+    config = uvicorn.Config(
         create_app(settings, with_worker=with_worker),
-        host=host,
-        port=port,
         log_level="warning",
+        access_log=False,
         timeout_graceful_shutdown=5,
     )
+    uvicorn.Server(config).run(sockets=[listening_socket(host, port)])
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to (host, port), created so that its connections get TCP_NODELAY.
+
+    asyncio sets TCP_NODELAY only on sockets whose `proto` says TCP, which uvicorn's own
+    sockets do not; without it, Nagle's algorithm holds small writes (an SSE event, a
+    response body after its headers) until the peer's delayed ACK, about 40 ms later.
+    """
+    family, kind, proto, _name, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(address)
+    sock.set_inheritable(True)
+    return sock
 
 
 def run_worker(settings: Settings) -> None:

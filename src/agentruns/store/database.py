@@ -16,13 +16,17 @@ from typing import Any
 
 import orjson
 import sqlalchemy as sa
-from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from agentruns.errors import StoreError
-from agentruns.store.notify import EVENTS_CHANNEL, QUEUE_CHANNEL, Notifier, PostgresListener
-
-_IMMEDIATE = "agentruns_immediate"
+from agentruns.store.notify import (
+    EVENTS_CHANNEL,
+    QUEUE_CHANNEL,
+    Notifier,
+    PostgresListener,
+    RunEvent,
+)
+from agentruns.store.sqlite import SQLiteConnections
 
 
 def normalize_url(url: str) -> str:
@@ -57,11 +61,13 @@ class Tx:
 
     conn: AsyncConnection
     is_postgres: bool
-    run_events: list[tuple[str, str]] = field(default_factory=list)
+    run_events: list[tuple[str, str, list[RunEvent] | None]] = field(default_factory=list)
     queue_changed: bool = False
 
-    async def announce_event(self, run_id: str, event_type: str) -> None:
-        self.run_events.append((run_id, event_type))
+    async def announce_event(
+        self, run_id: str, event_type: str, events: list[RunEvent] | None = None
+    ) -> None:
+        self.run_events.append((run_id, event_type, events))
         if self.is_postgres:
             await self.conn.execute(
                 sa.select(sa.func.pg_notify(EVENTS_CHANNEL, f"{run_id}:{event_type}"))
@@ -74,43 +80,32 @@ class Tx:
 
 
 class Database:
-    """One per process: owns the engine and the in-process notifier."""
+    """One per process: owns the connections and the in-process notifier."""
 
     def __init__(self, url: str, *, pool_size: int = 10) -> None:
         self.url = normalize_url(url)
         self.is_sqlite = self.url.startswith("sqlite")
         self.is_postgres = self.url.startswith("postgresql")
         self.notifier = Notifier()
-        self._write_lock = asyncio.Lock() if self.is_sqlite else None
         self._listener: PostgresListener | None = None
-        kwargs: dict[str, Any] = {"json_serializer": _dumps, "json_deserializer": orjson.loads}
-        if self.is_postgres:
-            kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
-        self.engine: AsyncEngine = create_async_engine(self.url, **kwargs)
+        self._sqlite: SQLiteConnections | None = None
+        self.engine: AsyncEngine | None = None
         if self.is_sqlite:
-            self._configure_sqlite()
-
-    def _configure_sqlite(self) -> None:
-        sync_engine = self.engine.sync_engine
-
-        @event.listens_for(sync_engine, "connect")
-        def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-            # Let us issue BEGIN ourselves (the driver's implicit BEGIN is deferred).
-            dbapi_connection.isolation_level = None
-            cursor = dbapi_connection.cursor()
-            for pragma in (
-                "journal_mode=WAL",
-                "synchronous=NORMAL",
-                "busy_timeout=15000",
-                "foreign_keys=ON",
-            ):
-                cursor.execute(f"PRAGMA {pragma}")
-            cursor.close()
-
-        @event.listens_for(sync_engine, "begin")
-        def _on_begin(conn: Any) -> None:
-            immediate = conn.get_execution_options().get(_IMMEDIATE, False)
-            conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+            self._sqlite = SQLiteConnections(
+                self.url, json_serializer=_dumps, json_deserializer=orjson.loads
+            )
+            # Within a process writers queue here, not on the file lock.
+            self._write_lock: asyncio.Lock | None = asyncio.Lock()
+        else:
+            self._write_lock = None
+            self.engine = create_async_engine(
+                self.url,
+                json_serializer=_dumps,
+                json_deserializer=orjson.loads,
+                pool_size=pool_size,
+                max_overflow=pool_size,
+                pool_pre_ping=True,
+            )
 
     async def start(self) -> None:
         """Start relaying other processes' notifications (PostgreSQL only)."""
@@ -123,16 +118,25 @@ class Database:
         if self._listener is not None:
             await self._listener.stop()
             self._listener = None
-        await self.engine.dispose()
+        if self._sqlite is not None:
+            self._sqlite.close()
+        if self.engine is not None:
+            await self.engine.dispose()
 
     @contextlib.asynccontextmanager
-    async def _connect(self) -> AsyncIterator[AsyncConnection]:
+    async def _transaction(self, *, write: bool) -> AsyncIterator[Any]:
+        if self._sqlite is not None:
+            async with self._sqlite.transaction(write=write) as conn:
+                yield conn
+            return
+        assert self.engine is not None
         try:
             conn = await self.engine.connect()
         except (OSError, sa.exc.DBAPIError) as exc:
             raise StoreError(f"cannot reach the database: {exc}") from exc
         try:
-            yield conn
+            async with conn.begin():
+                yield conn
         except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
             # Lost connections, lock timeouts: the caller may retry; constraint errors pass.
             raise StoreError(f"the database failed: {exc.orig or exc}") from exc
@@ -145,21 +149,18 @@ class Database:
         async with contextlib.AsyncExitStack() as stack:
             if self._write_lock is not None:
                 await stack.enter_async_context(self._write_lock)
-            conn = await stack.enter_async_context(self._connect())
-            if self.is_sqlite:
-                await conn.execution_options(**{_IMMEDIATE: True})
+            conn = await stack.enter_async_context(self._transaction(write=True))
             tx = Tx(conn, self.is_postgres)
-            async with conn.begin():
-                yield tx
-        for run_id, event_type in tx.run_events:
-            self.notifier.run_changed(run_id, event_type)
+            yield tx
+        for run_id, event_type, events in tx.run_events:
+            self.notifier.run_changed(run_id, event_type, events)
         if tx.queue_changed:
             self.notifier.queue_changed()
 
     @contextlib.asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
         """A read-only snapshot."""
-        async with self._connect() as conn, conn.begin():
+        async with self._transaction(write=False) as conn:
             yield conn
 
     async def ping(self) -> bool:

@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
 
 from agentruns.store.clock import now
 from agentruns.store.database import Database, Tx
+from agentruns.store.notify import RunEvent
 from agentruns.store.tables import run_events
 
 TERMINAL_EVENTS = frozenset({"run.completed", "run.failed", "run.cancelled"})
-
-
-@dataclass(frozen=True, slots=True)
-class RunEvent:
-    seq: int
-    type: str
-    data: dict[str, Any]
 
 
 async def insert_events(
@@ -35,7 +28,9 @@ async def insert_events(
             for i, (kind, data) in enumerate(events)
         ],
     )
-    await tx.announce_event(run_id, events[-1][0])
+    # Readers in this process take the committed events from the notification itself.
+    committed = [RunEvent(first_seq + i, kind, data) for i, (kind, data) in enumerate(events)]
+    await tx.announce_event(run_id, events[-1][0], committed)
 
 
 async def list_events(
@@ -60,3 +55,25 @@ async def last_event_type(tx: Tx, run_id: str) -> str | None:
             .limit(1)
         )
     ).scalar_one_or_none()
+
+
+
+async def tool_calls_started_since_last_message(db: Database, run_id: str) -> set[str]:
+    """Ids in the `tool_call.started` events after the run's last `message.completed`.
+
+    Those are calls of the last assistant message that a worker began; one that
+    has no tool message yet was interrupted (its worker died), so the executor
+    must not blindly run it again.
+    """
+    last_message = (
+        sa.select(sa.func.max(run_events.c.seq))
+        .where(run_events.c.run_id == run_id, run_events.c.type == "message.completed")
+        .scalar_subquery()
+    )
+    query = sa.select(run_events.c.data).where(
+        run_events.c.run_id == run_id,
+        run_events.c.type == "tool_call.started",
+        run_events.c.seq > sa.func.coalesce(last_message, 0),
+    )
+    async with db.read() as conn:
+        return {str(row.data.get("id")) for row in await conn.execute(query)}

@@ -14,7 +14,9 @@ import asyncio
 import contextlib
 import logging
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -22,17 +24,48 @@ EVENTS_CHANNEL = "agentruns_events"
 QUEUE_CHANNEL = "agentruns_queue"
 
 
+@dataclass(frozen=True, slots=True)
+class RunEvent:
+    seq: int
+    type: str
+    data: dict[str, Any]
+
+
+class RunWatch:
+    """What one reader of a run is told: a wake-up, and the events committed in this process."""
+
+    __slots__ = ("pushed", "woken")
+
+    def __init__(self) -> None:
+        self.woken = asyncio.Event()
+        self.pushed: list[RunEvent] = []
+
+    def notify(self, events: list[RunEvent] | None) -> None:
+        if events:
+            self.pushed.extend(events)
+        self.woken.set()
+
+    def take(self) -> list[RunEvent]:
+        """The events pushed since the last call (possibly none), and re-arm the wake-up."""
+        pushed, self.pushed = self.pushed, []
+        self.woken.clear()
+        return pushed
+
+
 class Notifier:
     """In-process fan-out of run-event and queue wake-ups."""
 
     def __init__(self) -> None:
-        self._run_waiters: dict[str, set[asyncio.Event]] = defaultdict(set)
+        self._run_waiters: dict[str, set[RunWatch]] = defaultdict(set)
         self._queue_waiters: set[asyncio.Event] = set()
         self._run_callbacks: dict[str, set[Callable[[str], None]]] = defaultdict(set)
 
-    def run_changed(self, run_id: str, event_type: str) -> None:
-        for waiter in self._run_waiters.get(run_id, ()):
-            waiter.set()
+    def run_changed(
+        self, run_id: str, event_type: str, events: list[RunEvent] | None = None
+    ) -> None:
+        """Wake the run's readers; `events` are the committed events themselves, when known."""
+        for watch in self._run_waiters.get(run_id, ()):
+            watch.notify(events)
         for callback in list(self._run_callbacks.get(run_id, ())):
             callback(event_type)
 
@@ -41,14 +74,14 @@ class Notifier:
             waiter.set()
 
     @contextlib.contextmanager
-    def watch_run(self, run_id: str):  # type: ignore[no-untyped-def]
-        """Yield an `asyncio.Event` set whenever the run gets a new event."""
-        waiter = asyncio.Event()
-        self._run_waiters[run_id].add(waiter)
+    def watch_run(self, run_id: str) -> Iterator[RunWatch]:
+        """Yield a `RunWatch` woken whenever the run gets a new event."""
+        watch = RunWatch()
+        self._run_waiters[run_id].add(watch)
         try:
-            yield waiter
+            yield watch
         finally:
-            self._discard(self._run_waiters, run_id, waiter)
+            self._discard(self._run_waiters, run_id, watch)
 
     @contextlib.contextmanager
     def on_run_event(self, run_id: str, callback: Callable[[str], None]):  # type: ignore[no-untyped-def]

@@ -1,13 +1,17 @@
 """`GET /v1/agent-runs/{id}/events`: Server-Sent Events, replay then live.
 
-Readers never trust notifications for content: they re-read `run_events`
-after `seq`, so nothing is skipped or repeated whatever wakes them.
+A reader sends events strictly in `seq` order from where it is. Events committed
+in this process come with their notification and are sent as they are when they
+follow on without a gap; in any other case (another process wrote them, a
+notification was missed, a poll woke the reader) it reads `run_events` after
+its position, so nothing is skipped or repeated whatever wakes it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import re
 from collections.abc import AsyncIterator
 
@@ -20,20 +24,32 @@ from agentruns.api.errors import APIError, not_found
 from agentruns.store import events as event_store
 from agentruns.store import runs
 from agentruns.store.events import TERMINAL_EVENTS
+from agentruns.store.notify import RunEvent
 from agentruns.store.transitions import TERMINAL_STATUSES
 
 EVENT_ID = re.compile(r"[0-9]{1,10}")
 MAX_SEQ = 2**31 - 1
+PAGE = 500
 
 router = APIRouter(prefix="/v1/agent-runs", tags=["agent runs"])
 
 
-def format_event(event: event_store.RunEvent) -> bytes:
+def format_event(event: RunEvent) -> bytes:
     return b"id: %d\nevent: %s\ndata: %s\n\n" % (
         event.seq,
         event.type.encode(),
         orjson.dumps(event.data),
     )
+
+
+def _contiguous(pushed: list[RunEvent], after: int) -> list[RunEvent] | None:
+    """The pushed events that follow `after` without a gap, or None if they can't be trusted."""
+    fresh = [event for event in pushed if event.seq > after]
+    if not fresh or fresh[0].seq != after + 1:
+        return None
+    if any(b.seq != a.seq + 1 for a, b in itertools.pairwise(fresh)):
+        return None
+    return fresh
 
 
 async def event_stream(
@@ -42,29 +58,40 @@ async def event_stream(
     db = request.app.state.db
     loop = asyncio.get_running_loop()
     last_sent = loop.time()
-    with db.notifier.watch_run(run_id) as wake:
+    with db.notifier.watch_run(run_id) as watch:
+        pushed: list[RunEvent] = []
         while True:
-            wake.clear()
-            # Status first: a terminal status read here means its events are already
-            # committed, so the read below sees them all before the stream may close.
-            finished = await runs.get_run_status(db, run_id) in TERMINAL_STATUSES
-            batch = await event_store.list_events(db, run_id, after=after)
-            for event in batch:
-                yield format_event(event)
-                after = event.seq
+            # Events committed in this process arrive with their notification; anything
+            # else (another process wrote them, or a gap) is read from the table.
+            batch = _contiguous(pushed, after)
+            finished = more = False
+            if batch is None:
+                # Status first: a terminal status read here means its events are already
+                # committed, so the read below sees them all before the stream may close.
+                finished = await runs.get_run_status(db, run_id) in TERMINAL_STATUSES
+                batch = await event_store.list_events(db, run_id, after=after, limit=PAGE)
+                more = len(batch) == PAGE
+            if batch:
+                chunk = []
+                for event in batch:
+                    chunk.append(format_event(event))
+                    after = event.seq
+                    if event.type in TERMINAL_EVENTS:
+                        break
+                yield b"".join(chunk)
                 if event.type in TERMINAL_EVENTS:
                     return
-            if batch:
                 last_sent = loop.time()
-                continue
-            if finished:
+            elif finished:
                 # Reconnected after the terminal event: nothing more will come this turn.
                 return
-            if loop.time() - last_sent >= heartbeat_s:
+            elif loop.time() - last_sent >= heartbeat_s:
                 yield b": keep-alive\n\n"
                 last_sent = loop.time()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), min(poll_s, heartbeat_s))
+            if not (more or watch.woken.is_set()):
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(watch.woken.wait(), min(poll_s, heartbeat_s))
+            pushed = watch.take()
 
 
 @router.get("/{run_id}/events")

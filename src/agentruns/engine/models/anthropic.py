@@ -142,6 +142,8 @@ class AnthropicModel:
         stop_reason: str | None = None
         finished = False
         async for sse in iter_sse_events(response.aiter_lines()):
+            if finished:
+                continue  # read to the end so the connection can be reused
             try:
                 data = orjson.loads(sse.data)
             except orjson.JSONDecodeError as exc:
@@ -185,7 +187,6 @@ class AnthropicModel:
                     output_tokens = int(usage["output_tokens"])
             elif kind == "message_stop":
                 finished = True
-                break
             elif kind == "error":
                 raise error_from_stream(data.get("error"), endpoint=self._endpoint)
         if not finished:

@@ -143,9 +143,13 @@ class OpenAIChatModel:
         finish_reason: str | None = None
         done = False
         async for sse in iter_sse_events(response.aiter_lines()):
+            # Read on to the end of the body after `[DONE]` (it is right there): a response
+            # left unread cannot go back to the pool, and every call would open a connection.
+            if done:
+                continue
             if sse.data == "[DONE]":
                 done = True
-                break
+                continue
             try:
                 chunk = orjson.loads(sse.data)
             except orjson.JSONDecodeError as exc:
