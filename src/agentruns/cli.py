@@ -8,9 +8,11 @@ it works against any deployment: `--base-url` / `--api-key`, else `AGENTRUNS_BAS
 
 from __future__ import annotations
 
+import importlib
 import json
+import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
@@ -20,7 +22,14 @@ import yaml
 from rich.console import Console
 
 from agentruns.cli_render import EventPrinter, print_json, print_table, short
-from agentruns.client import AgentRunsClient, APIError
+from agentruns.client import (
+    AgentRunsClient,
+    APIError,
+    MissingToolHandler,
+    RunError,
+    RunEvent,
+    ToolHandler,
+)
 from agentruns.errors import AgentRunsError
 
 if TYPE_CHECKING:
@@ -69,6 +78,18 @@ Follow = Annotated[
 ]
 AsJson = Annotated[
     bool, typer.Option("--json", help="JSON output; with --follow, one event per line.")
+]
+ToolHandlers = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--tool-handler",
+        "-t",
+        help=(
+            "Answer a client-side tool with a local function: NAME=module:function, called"
+            " with (args, agent_id, run_id), async or not; repeatable. Implies --follow."
+        ),
+        show_default=False,
+    ),
 ]
 
 
@@ -226,11 +247,11 @@ def parse_vars(pairs: list[str]) -> dict[str, str]:
     return values
 
 
-def follow_run(client: AgentRunsClient, run_id: str, *, after: int | None, as_json: bool) -> None:
-    """Print the run's events until it ends; exit 1 unless it completed."""
+def event_printer(as_json: bool) -> Callable[[RunEvent], None]:
+    """Shows each event: as the agent's live text and progress lines, or as JSON lines."""
     printer = EventPrinter(out, info)
-    final = None
-    for event in client.runs.follow(run_id, after=after):
+
+    def show(event: RunEvent) -> None:
         if as_json:
             line = {"id": event.id, "type": event.type, "data": event.data}
             out.print(
@@ -238,14 +259,91 @@ def follow_run(client: AgentRunsClient, run_id: str, *, after: int | None, as_js
             )
         else:
             printer(event)
+
+    return show
+
+
+def follow_run(
+    client: AgentRunsClient,
+    run_id: str,
+    *,
+    after: int | None,
+    as_json: bool,
+    tools: dict[str, ToolHandler] | None = None,
+) -> None:
+    """Print the run's events until it ends; exit 1 unless it completed."""
+    if tools:
+        follow_answering_tools(client, run_id, after=after, as_json=as_json, tools=tools)
+        return
+    show = event_printer(as_json)
+    final = None
+    for event in client.runs.follow(run_id, after=after):
+        show(event)
         if event.is_terminal:
             final = event.data
     if final is None:  # the run had already ended before `after`
         final = client.runs.get(run_id)
         if not as_json:
-            printer.final(final)
+            EventPrinter(out, info).final(final)
     if final.get("status") != "completed":
         raise typer.Exit(1)
+
+
+def follow_answering_tools(
+    client: AgentRunsClient,
+    run_id: str,
+    *,
+    after: int | None,
+    as_json: bool,
+    tools: dict[str, ToolHandler],
+) -> None:
+    """`follow_run` that also runs the local handlers of the run's client-side tool calls."""
+    show = event_printer(as_json)
+
+    def on_event(event: RunEvent) -> None:
+        # execute_agent replays the run from its start; show only what was asked for.
+        if after is None or event.id > after:
+            show(event)
+
+    try:
+        client.execute_agent(resume_run_id=run_id, tools=tools, on_event=on_event)
+    except MissingToolHandler as exc:
+        names = ", ".join(exc.tool_names)
+        fail(
+            f"run {run_id} waits for {names}, which has no --tool-handler; the run stays"
+            f" paused: answer it with `agentruns runs follow {run_id} --tool-handler"
+            f" {exc.tool_names[0]}=module:function`"
+        )
+    except RunError:
+        raise typer.Exit(1) from None  # the final status line was printed with its event
+
+
+def load_tool_handlers(specs: list[str]) -> dict[str, ToolHandler]:
+    """`--tool-handler NAME=module:function` options as a `set_tools` mapping."""
+    handlers: dict[str, ToolHandler] = {}
+    for spec in specs:
+        name, _, target = spec.partition("=")
+        module_name, _, attribute = target.partition(":")
+        if not (name and module_name and attribute):
+            raise typer.BadParameter(
+                f"expected NAME=module:function, got {spec!r}", param_hint="--tool-handler"
+            )
+        # `python -m agentruns` puts the working directory on sys.path, the `agentruns`
+        # script does not; the handlers' module usually sits where the command is run.
+        if os.getcwd() not in sys.path:
+            sys.path.insert(0, os.getcwd())
+        try:
+            target_object: Any = importlib.import_module(module_name)
+            for part in attribute.split("."):
+                target_object = getattr(target_object, part)
+        except Exception as exc:
+            raise typer.BadParameter(
+                f"cannot load {target}: {type(exc).__name__}: {exc}", param_hint="--tool-handler"
+            ) from exc
+        if not callable(target_object):
+            raise typer.BadParameter(f"{target} is not callable", param_hint="--tool-handler")
+        handlers[name] = target_object
+    return handlers
 
 
 @app.command("run")
@@ -258,12 +356,15 @@ def run_agent(
         str | None, typer.Option("--message", "-m", help="First user message.")
     ] = None,
     follow: Follow = False,
+    tool_handler: ToolHandlers = None,
     as_json: AsJson = False,
     base_url: BaseUrl = None,
     api_key: ApiKey = None,
 ) -> None:
     """Start a run of an agent and print its id (or follow it with --follow)."""
     variables = parse_vars(var or [])
+    tools = load_tool_handlers(tool_handler or [])
+    follow = follow or bool(tools)
     with remote(base_url, api_key) as client:
         run = client.runs.create(agent_id, variables or None, message=message)
         if not follow:
@@ -274,7 +375,7 @@ def run_agent(
             return
         if not as_json:
             info.print(f"run {run['id']}", style="dim", highlight=False)
-        follow_run(client, run["id"], after=None, as_json=as_json)
+        follow_run(client, run["id"], after=None, as_json=as_json, tools=tools)
 
 
 @runs_app.command("list")
@@ -344,10 +445,15 @@ def runs_continue(
 def runs_follow(
     run_id: str,
     after: Annotated[int | None, typer.Option(help="Start after this event id.")] = None,
+    tool_handler: ToolHandlers = None,
     as_json: AsJson = False,
     base_url: BaseUrl = None,
     api_key: ApiKey = None,
 ) -> None:
-    """Stream a run's events (from the start, or after --after) until it ends."""
+    """Stream a run's events (from the start, or after --after) until it ends.
+
+    With --tool-handler, also answer its client-side tool calls (re-attach to a paused run).
+    """
+    tools = load_tool_handlers(tool_handler or [])
     with remote(base_url, api_key) as client:
-        follow_run(client, run_id, after=after, as_json=as_json)
+        follow_run(client, run_id, after=after, as_json=as_json, tools=tools)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from pydantic import NonNegativeFloat
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -12,6 +13,10 @@ def default_state_dir() -> Path:
     """Where the CLI keeps its saved credentials."""
     base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
     return Path(base) / "agentruns"
+
+
+# Seconds to wait before each retry of a webhook: about 25 h in all, then it fails.
+DEFAULT_WEBHOOK_RETRY_SCHEDULE = (5, 30, 120, 600, 1800, 3600, 7200, *(10800,) * 7)
 
 
 class Settings(BaseSettings):
@@ -30,6 +35,21 @@ class Settings(BaseSettings):
     delta_flush_interval_s: float = 0.05
     sse_heartbeat_s: float = 15.0
     state_dir: Path = default_state_dir()
+    # Webhooks (docs/webhooks.md).
+    webhook_allow_private: bool = False
+    webhook_timeout_s: float = 10.0
+    webhook_retry_schedule: list[NonNegativeFloat] = list(DEFAULT_WEBHOOK_RETRY_SCHEDULE)
+    webhook_concurrency: int = 16
+    # Server-side tools, MCP servers and bundles (docs/tools.md).
+    config: Path | None = None
+    tool_allow_private: bool = False
+    tool_secrets: str = ""
+    tool_output_max_chars: int = 20_000
+    tool_response_max_bytes: int = 1024 * 1024
+    fetch_timeout_s: float = 15.0
+    mcp_allow_stdio: bool = False
+    mcp_start_timeout_s: float = 30.0
+    mcp_idle_timeout_s: float = 600.0
 
     def resolved_default_model(self) -> str:
         """The model agents use when they name none: a configured provider, else `test`."""

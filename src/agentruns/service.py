@@ -87,8 +87,8 @@ def listening_socket(host: str, port: int) -> socket.socket:
 
 
 def run_worker(settings: Settings) -> None:
-    """Run a worker alone (no HTTP) until SIGINT/SIGTERM, then shut down gracefully."""
-    from agentruns.api.app import build_worker, model_http_client
+    """Run a worker (and a webhook dispatcher), no HTTP, until SIGINT/SIGTERM; then drain."""
+    from agentruns.api.app import build_dispatcher, build_worker, model_http_client
 
     configure_logging()
     asyncio.run(upgrade(settings.database_url))
@@ -99,10 +99,22 @@ def run_worker(settings: Settings) -> None:
         try:
             async with model_http_client() as http:
                 worker = build_worker(db, settings, http)
+                dispatcher = build_dispatcher(db, settings)
+
+                def stop() -> None:
+                    worker.stop()
+                    dispatcher.stop()
+
                 loop = asyncio.get_running_loop()
                 for sig in (signal.SIGINT, signal.SIGTERM):
-                    loop.add_signal_handler(sig, worker.stop)
-                await worker.run()
+                    loop.add_signal_handler(sig, stop)
+                tasks = [asyncio.create_task(worker.run()), asyncio.create_task(dispatcher.run())]
+                # Both stop on a signal; if either crashes, the other stops too and we fail.
+                await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+                stop()
+                for outcome in await asyncio.gather(*tasks, return_exceptions=True):
+                    if isinstance(outcome, BaseException):
+                        raise outcome
         finally:
             await db.close()
 

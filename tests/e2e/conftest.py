@@ -29,6 +29,8 @@ def server_env(fake: FakeServer) -> dict[str, str]:
         "AGENTRUNS_LEASE_SECONDS": "2",
         "AGENTRUNS_POLL_INTERVAL_S": "0.2",
         "AGENTRUNS_SSE_HEARTBEAT_S": "1",
+        # Webhook receivers in the tests listen on 127.0.0.1.
+        "AGENTRUNS_WEBHOOK_ALLOW_PRIVATE": "true",
     }
 
 

@@ -16,11 +16,13 @@ from agentruns import __version__
 from agentruns.api.errors import install_error_handlers
 from agentruns.api.limits import BodySizeLimit
 from agentruns.api.responses import JSONResponse
-from agentruns.api.routes import agents, events, runs, tools
+from agentruns.api.routes import agents, bundles, events, runs, tools, webhooks
 from agentruns.config import Settings
 from agentruns.engine.executor import Executor
+from agentruns.engine.tools import ToolRuntime
 from agentruns.engine.worker import Worker
 from agentruns.store.database import Database
+from agentruns.webhooks import Dispatcher
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +33,7 @@ def build_worker(db: Database, settings: Settings, http: httpx.AsyncClient) -> W
         http=http,
         default_model=settings.resolved_default_model(),
         flush_interval_s=settings.delta_flush_interval_s,
+        tools=ToolRuntime.from_settings(settings),
     )
     return Worker(
         db,
@@ -43,9 +46,22 @@ def build_worker(db: Database, settings: Settings, http: httpx.AsyncClient) -> W
     )
 
 
+def build_dispatcher(db: Database, settings: Settings) -> Dispatcher:
+    """The webhook dispatcher that `serve` and every `worker` run."""
+    return Dispatcher(
+        db,
+        retry_schedule=settings.webhook_retry_schedule,
+        timeout_s=settings.webhook_timeout_s,
+        allow_private=settings.webhook_allow_private,
+        concurrency=settings.webhook_concurrency,
+        poll_interval_s=settings.poll_interval_s,
+        shutdown_grace_s=settings.shutdown_grace_s,
+    )
+
+
 def _report_worker_exit(task: asyncio.Task[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
-        log.critical("the embedded worker crashed", exc_info=task.exception())
+        log.critical("the embedded %s crashed", task.get_name(), exc_info=task.exception())
 
 
 def model_http_client() -> httpx.AsyncClient:
@@ -66,6 +82,10 @@ def create_app(settings: Settings, *, with_worker: bool = False) -> FastAPI:
         app.state.db = db
         worker_task: asyncio.Task[None] | None = None
         worker: Worker | None = None
+        # Webhooks go out from every serve process, with or without its worker.
+        dispatcher = build_dispatcher(db, settings)
+        dispatcher_task = asyncio.create_task(dispatcher.run(), name="webhook dispatcher")
+        dispatcher_task.add_done_callback(_report_worker_exit)
         async with model_http_client() as http:
             if with_worker:
                 worker = build_worker(db, settings, http)
@@ -79,6 +99,8 @@ def create_app(settings: Settings, *, with_worker: bool = False) -> FastAPI:
                         worker.stop()
                         await worker_task
                 finally:
+                    dispatcher.stop()
+                    await asyncio.gather(dispatcher_task, return_exceptions=True)
                     await db.close()
 
     app = FastAPI(
@@ -89,12 +111,16 @@ def create_app(settings: Settings, *, with_worker: bool = False) -> FastAPI:
         default_response_class=JSONResponse,
     )
     app.state.settings = settings
+    # Read the config file now: a broken one stops the server at start, not at first use.
+    app.state.default_bundle = bundles.default_bundle_from_settings(settings)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     install_error_handlers(app)
     app.include_router(agents.router)
     app.include_router(runs.router)
     app.include_router(events.router)
+    app.include_router(webhooks.router)
     app.include_router(tools.router)
+    app.include_router(bundles.router)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> PlainTextResponse:

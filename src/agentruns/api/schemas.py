@@ -52,7 +52,7 @@ class AgentCreate(AgentFields):
             "model": self.model,
             "model_settings": self.model_settings or {},
             "tools": self.tools or [],
-            "bundle": self.bundle or "default",
+            "bundle": self.bundle,
             "vars": self.vars or {},
             "max_steps": self.max_steps or 20,
             "timeout_s": self.timeout_s or 600,
@@ -127,3 +127,18 @@ class ToolDefinitionIn(Strict):
 
 class ToolRegistration(Strict):
     tools: list[ToolDefinitionIn] = Field(min_length=1, max_length=500)
+
+
+BUNDLE_NAME = r"^[A-Za-z0-9_.-]{1,100}$"
+
+
+class BundleBody(Strict):
+    """`PUT /v1/bundles/{name}`: the name comes from the path (repeating it is allowed)."""
+
+    name: str | None = Field(None, pattern=BUNDLE_NAME)
+    description: str = Field("", max_length=10_000)
+    tools: list[dict[str, Any]] = Field(default_factory=list, max_length=200)
+
+
+class BundleCreate(BundleBody):
+    name: str = Field(pattern=BUNDLE_NAME)

@@ -11,7 +11,15 @@ from typing import Any
 import httpx
 from httpx_sse import SSEError, aconnect_sse
 
-from ._base import BaseClient, JSONObject, Pager, path, run_create_request
+from ._async_runner import AsyncAgentRunner, AsyncEventCallback
+from ._base import (
+    BaseClient,
+    JSONObject,
+    Pager,
+    path,
+    run_create_request,
+    tool_registration_body,
+)
 from ._events import (
     RETRY,
     RETRYABLE,
@@ -23,9 +31,12 @@ from ._events import (
     next_step,
     run_outcome,
 )
+from ._runner import ANSWER_REFUSED, RunInputs, answered_elsewhere
+from ._tools import ToolResults, ToolsMap, tool_responses
+from ._webhooks import aprocess_webhook_tools, paused_run
 from .errors import APIConnectionError, WaitTimeout
 
-__all__ = ["AsyncAgentRunsClient", "AsyncAgents", "AsyncRuns"]
+__all__ = ["AsyncAgentRunsClient", "AsyncAgents", "AsyncRuns", "AsyncTools"]
 
 
 class AsyncAgentRunsClient(BaseClient):
@@ -44,6 +55,7 @@ class AsyncAgentRunsClient(BaseClient):
         self._http = httpx.AsyncClient(transport=transport, **self._http_options())
         self.agents = AsyncAgents(self)
         self.runs = AsyncRuns(self)
+        self.tools = AsyncTools(self)
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -58,6 +70,160 @@ class AsyncAgentRunsClient(BaseClient):
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+    # -- running agents with client-side tools (the Sudoiq-style API) ----------------------
+
+    async def run_agent(
+        self,
+        agent_id: str | None = None,
+        *,
+        string_inputs: Mapping[str, Any] | None = None,
+        vars: Mapping[str, Any] | None = None,
+        message: str | None = None,
+        environment: str | None = None,
+        bundle: str | None = None,
+        callback_url: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        response_timeout: float | None = None,
+        resume_run_id: str | None = None,
+        tools: ToolsMap | None = None,
+        raise_on_tool_error: bool = False,
+        on_event: AsyncEventCallback | None = None,
+    ) -> str:
+        """Run the agent to the end, answering its client-side tools; its final text.
+
+        The same as `execute_agent`, which returns the whole run; this returns only
+        `last_agent_message` ("" when the agent said nothing).
+        """
+        run = await self.execute_agent(
+            agent_id,
+            string_inputs=string_inputs,
+            vars=vars,
+            message=message,
+            environment=environment,
+            bundle=bundle,
+            callback_url=callback_url,
+            metadata=metadata,
+            response_timeout=response_timeout,
+            resume_run_id=resume_run_id,
+            tools=tools,
+            raise_on_tool_error=raise_on_tool_error,
+            on_event=on_event,
+        )
+        return str(run.get("last_agent_message") or "")
+
+    async def execute_agent(
+        self,
+        agent_id: str | None = None,
+        *,
+        string_inputs: Mapping[str, Any] | None = None,
+        vars: Mapping[str, Any] | None = None,
+        message: str | None = None,
+        environment: str | None = None,
+        bundle: str | None = None,
+        callback_url: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        response_timeout: float | None = None,
+        resume_run_id: str | None = None,
+        tools: ToolsMap | None = None,
+        raise_on_tool_error: bool = False,
+        on_event: AsyncEventCallback | None = None,
+    ) -> JSONObject:
+        """Start a run (or re-attach to `resume_run_id`), follow its events, run the handlers
+        of its client-side tool calls, and return the completed run.
+
+        `string_inputs` are template vars; when the agent has no `prompt` and no `message`
+        is given, their values joined by newlines are the user message. `vars` win over
+        them. `on_event` sees every event once, in order. A dropped stream is resumed. A
+        handler that raises answers with an error text the model reads, unless
+        `raise_on_tool_error`. Raises `RunFailed` / `RunCancelled`, `MissingToolHandler`
+        (the run stays paused), and `WaitTimeout` after `response_timeout` seconds (the
+        run goes on; re-attach with `resume_run_id`).
+        """
+        runner = AsyncAgentRunner(
+            self,
+            self._tools_for(tools),
+            raise_on_tool_error=raise_on_tool_error,
+            on_event=on_event,
+            timeout=response_timeout,
+        )
+        if resume_run_id is None:
+            if agent_id is None:
+                raise TypeError("execute_agent needs agent_id, or resume_run_id to re-attach")
+            inputs = RunInputs(
+                string_inputs, vars, message, environment, bundle, callback_url, metadata
+            )
+            resume_run_id = str((await runner.start(agent_id, inputs))["id"])
+        return await runner.execute(resume_run_id)
+
+    async def start_agent_run(
+        self,
+        agent_id: str,
+        *,
+        string_inputs: Mapping[str, Any] | None = None,
+        vars: Mapping[str, Any] | None = None,
+        message: str | None = None,
+        environment: str | None = None,
+        bundle: str | None = None,
+        callback_url: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> JSONObject:
+        """Start a run and return it at once (`queued`); inputs as for `execute_agent`.
+
+        For webhook-driven integrations: pass `callback_url`, then answer tool calls with
+        `process_webhook_tools` and `send_tool_responses`.
+        """
+        inputs = RunInputs(
+            string_inputs, vars, message, environment, bundle, callback_url, metadata
+        )
+        runner = AsyncAgentRunner(self, {})
+        return await runner.start(agent_id, inputs, idempotency_key=idempotency_key)
+
+    async def send_tool_responses(
+        self, agent_id: str | None, task_id: str, results: ToolResults
+    ) -> JSONObject:
+        """Post tool outputs for the run `task_id`; returns the run.
+
+        `results` is `{tool_call_id: output}` or `[{"tool_call_id", "output"}, ...]`
+        (non-string outputs are sent as JSON text). `agent_id` is accepted for
+        compatibility; the run id alone names the run.
+        """
+        body = {"tool_responses": tool_responses(results)}
+        return await self._request("POST", path("agent-runs", task_id, "tool-responses"), json=body)
+
+    async def process_webhook_tools(
+        self,
+        payload: Mapping[str, Any] | str | bytes,
+        tools_map: ToolsMap | None = None,
+        *,
+        post: bool = False,
+        raise_on_tool_error: bool = False,
+    ) -> list[dict[str, str]]:
+        """Answer a `run.awaiting_tool_calls` webhook: run the handlers (`tools_map`, else
+        those of `set_tools`) and return the responses for `send_tool_responses`.
+
+        With `post`, the run's current `pending_tool_calls` are read first, so a delivery
+        that comes again (webhooks retry) runs no handler twice, and the responses are
+        posted too.
+        """
+        tools = self._tools_for(tools_map) if tools_map is not None else self._local_tools
+        run = paused_run(payload)
+        if run is None:
+            return []
+        if post:
+            run = await self.runs.get(str(run["id"]))
+        responses = await aprocess_webhook_tools(
+            run, tools, raise_on_tool_error=raise_on_tool_error
+        )
+        if post and responses:
+            try:
+                await self.send_tool_responses(run.get("agent_id"), str(run["id"]), responses)
+            except ANSWER_REFUSED:
+                now = await self.runs.get(str(run["id"]))
+                if any(not answered_elsewhere(now, r["tool_call_id"]) for r in responses):
+                    raise
+        return responses
 
     async def _send(
         self,
@@ -99,8 +265,10 @@ class AsyncAgents:
     async def create(self, **fields: Any) -> JSONObject:
         return await self._client._request("POST", path("agents"), json=fields)
 
-    async def get(self, agent_id: str) -> JSONObject:
-        return await self._client._request("GET", path("agents", agent_id))
+    async def get(self, agent_id: str, *, version: int | None = None) -> JSONObject:
+        """The agent as it is now, or one of its earlier versions."""
+        params = {"version": version} if version is not None else None
+        return await self._client._request("GET", path("agents", agent_id), params=params)
 
     def list(self, *, limit: int | None = None) -> AsyncIterator[JSONObject]:
         """Every agent, page after page (`async for`); `limit` caps how many in all."""
@@ -221,6 +389,7 @@ class AsyncRuns:
                     if source.response.is_error:
                         await source.response.aread()
                         client._raise_for_status(source.response)
+                    cursor.opened()
                     async for sse in source.aiter_sse():
                         event = cursor.accept(sse)
                         if event is None:
@@ -241,3 +410,26 @@ class AsyncRuns:
             if step == RETRY:
                 ended = APIConnectionError("the event stream ended before the run did")
                 await asyncio.sleep(cursor.backoff(ended))
+
+
+class AsyncTools:
+    """`client.tools`: the project's tool registry (agents use `{"type": "function",
+    "ref": "namespace/name"}`)."""
+
+    def __init__(self, client: AsyncAgentRunsClient) -> None:
+        self._client = client
+
+    async def register_tools(
+        self, tools: list[Mapping[str, Any]], namespace: str = "default"
+    ) -> list[JSONObject]:
+        """Register (or update) tool definitions `{name, description, parameters}`; a tool
+        without a `namespace` gets `namespace`. Returns the stored tools."""
+        body = tool_registration_body(tools, namespace)
+        client = self._client
+        data = client._data(await client._send("POST", path("tools"), json=body))
+        return list(data) if isinstance(data, list) else []
+
+    async def get_tools(self, namespace: str | None = None) -> list[JSONObject]:
+        """The registered tools, of one namespace or of all."""
+        pages = self._client._paginate(path("tools"), {"namespace": namespace}, None)
+        return [tool async for tool in pages]

@@ -12,6 +12,7 @@ import httpx
 from agentruns import __version__
 
 from ._events import ReconnectPolicy
+from ._tools import LocalTool, ToolsMap, normalize_tools
 from .errors import APIConnectionError, APIError, error_from_response
 
 if TYPE_CHECKING:
@@ -26,6 +27,7 @@ __all__ = [
     "path",
     "resolve_connection",
     "run_create_request",
+    "tool_registration_body",
     "without_none",
 ]
 
@@ -107,6 +109,19 @@ def run_create_request(
     return body, headers
 
 
+def tool_registration_body(tools: list[Mapping[str, Any]], namespace: str) -> JSONObject:
+    """Body of `POST /v1/tools`. An inline agent tool spec is accepted as is: its
+    `"type": "function"` is dropped (the registry holds only function tools)."""
+    items = []
+    for tool in tools:
+        item = {key: value for key, value in tool.items() if key != "type"}
+        if tool.get("type", "function") != "function":
+            raise ValueError(f"only function tools can be registered, not {tool.get('type')!r}")
+        item.setdefault("namespace", namespace)
+        items.append(item)
+    return {"tools": items}
+
+
 class Pager:
     """Follows `next_cursor` across list pages, stopping after `limit` items in all."""
 
@@ -150,6 +165,28 @@ class BaseClient:
         self.base_url, self.api_key = resolve_connection(base_url, api_key)
         self.timeout = timeout
         self.reconnect = reconnect or ReconnectPolicy()
+        self._local_tools: dict[str, LocalTool] = {}
+
+    def set_tools(self, tools: ToolsMap) -> None:
+        """Set the local handlers of client-side tools, replacing any set before.
+
+        `tools` maps a tool name to `(schema_or_None, handler)` (or just the handler). A
+        handler is `(args: dict, agent_id: str, run_id: str) -> str`, async or plain (plain
+        ones run in a thread); a non-string result is sent as JSON text. A schema, when
+        given, is the tool's JSON Schema `parameters` (or a whole tool spec holding one):
+        arguments that fail it are answered with an error text without calling the handler.
+        Schemas are only used locally; the agent must still define the tool on the server.
+        """
+        self._local_tools = normalize_tools(tools)
+
+    @property
+    def local_tools(self) -> Mapping[str, LocalTool]:
+        """The handlers `set_tools` registered, by tool name."""
+        return dict(self._local_tools)
+
+    def _tools_for(self, tools: ToolsMap | None) -> dict[str, LocalTool]:
+        """The handlers of one call: those of `set_tools`, with `tools` over them."""
+        return {**self._local_tools, **normalize_tools(tools)}
 
     def _http_options(self) -> dict[str, Any]:
         headers = {"User-Agent": f"agentruns-python/{__version__}", "Accept": "application/json"}

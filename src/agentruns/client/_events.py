@@ -5,6 +5,7 @@ The sync and async clients share all of this; they differ only in how they read 
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,7 +13,7 @@ import httpx
 import orjson
 from httpx_sse import ServerSentEvent
 
-from .errors import APIConnectionError, RunCancelled, RunFailed, ServerError
+from .errors import APIConnectionError, RunCancelled, RunFailed, ServerError, WaitTimeout
 
 __all__ = [
     "RESUME",
@@ -21,6 +22,7 @@ __all__ = [
     "STOP",
     "TERMINAL_EVENTS",
     "TERMINAL_STATUSES",
+    "Deadline",
     "ReconnectPolicy",
     "RunEvent",
     "StreamCursor",
@@ -37,6 +39,9 @@ RETRYABLE = (httpx.TransportError, APIConnectionError, ServerError)
 
 # What a reader does once a connection to the stream has ended.
 STOP, RESUME, RETRY = "stop", "resume", "retry"
+# A stream connection that stayed up this long was healthy, even if no event came (a long
+# model step behind a proxy that closes connections after a while): its end is no failure.
+HEALTHY_CONNECTION_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -56,7 +61,8 @@ class RunEvent:
 class ReconnectPolicy:
     """How hard `events()` tries to get a dropped stream back before raising.
 
-    `attempts` counts consecutive failures; any event received resets it.
+    `attempts` counts consecutive failures; any event received, or a connection that
+    stayed up for `HEALTHY_CONNECTION_S`, resets it.
     """
 
     attempts: int = 5
@@ -75,6 +81,11 @@ class StreamCursor:
     last_id: int | None
     policy: ReconnectPolicy
     failures: int = field(default=0)
+    opened_at: float | None = field(default=None)
+
+    def opened(self) -> None:
+        """The server accepted a connection to the stream."""
+        self.opened_at = time.monotonic()
 
     def headers(self) -> dict[str, str]:
         return {} if self.last_id is None else {"Last-Event-ID": str(self.last_id)}
@@ -95,6 +106,9 @@ class StreamCursor:
 
     def backoff(self, exc: Exception) -> float:
         """Seconds to wait before reconnecting; raises when the policy is exhausted."""
+        if self.opened_at is not None and time.monotonic() - self.opened_at >= HEALTHY_CONNECTION_S:
+            self.failures = 0
+        self.opened_at = None
         self.failures += 1
         if self.failures > self.policy.attempts:
             raise APIConnectionError(
@@ -140,3 +154,23 @@ def run_outcome(run: dict[str, Any]) -> dict[str, Any]:
     if status == "cancelled":
         raise RunCancelled(run)
     return run
+
+
+@dataclass(frozen=True)
+class Deadline:
+    """When a blocking wait on a run gives up (`WaitTimeout`); the run itself goes on."""
+
+    run_id: str
+    timeout: float
+    at: float
+
+    @classmethod
+    def start(cls, run_id: str, timeout: float) -> Deadline:
+        return cls(run_id, timeout, time.monotonic() + timeout)
+
+    def remaining(self) -> float:
+        return max(0.0, self.at - time.monotonic())
+
+    def check(self) -> None:
+        if self.remaining() <= 0:
+            raise WaitTimeout(self.run_id, self.timeout)

@@ -5,28 +5,40 @@ from __future__ import annotations
 import time
 from collections.abc import Generator, Iterator, Mapping
 from contextlib import closing
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
 import httpx
 from httpx_sse import SSEError, connect_sse
 
-from ._base import STREAM_READ_TIMEOUT, BaseClient, JSONObject, Pager, path, run_create_request
+from ._base import (
+    STREAM_READ_TIMEOUT,
+    BaseClient,
+    JSONObject,
+    Pager,
+    path,
+    run_create_request,
+    tool_registration_body,
+)
 from ._events import (
     RETRY,
     RETRYABLE,
     STOP,
     TERMINAL_STATUSES,
+    Deadline,
     ReconnectPolicy,
     RunEvent,
     StreamCursor,
     next_step,
     run_outcome,
 )
-from .errors import APIConnectionError, WaitTimeout
+from ._runner import ANSWER_REFUSED, RunInputs, answered_elsewhere
+from ._sync_runner import EventCallback, SyncAgentRunner
+from ._tools import ToolResults, ToolsMap, tool_responses
+from ._webhooks import paused_run, process_webhook_tools
+from .errors import APIConnectionError
 
-__all__ = ["AgentRunsClient", "Agents", "Runs"]
+__all__ = ["AgentRunsClient", "Agents", "Runs", "Tools"]
 
 
 class AgentRunsClient(BaseClient):
@@ -50,6 +62,7 @@ class AgentRunsClient(BaseClient):
         self._http = httpx.Client(transport=transport, **self._http_options())
         self.agents = Agents(self)
         self.runs = Runs(self)
+        self.tools = Tools(self)
 
     def close(self) -> None:
         self._http.close()
@@ -64,6 +77,146 @@ class AgentRunsClient(BaseClient):
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+    # -- running agents with client-side tools (the Sudoiq-style API) ----------------------
+
+    def run_agent(
+        self,
+        agent_id: str | None = None,
+        *,
+        string_inputs: Mapping[str, Any] | None = None,
+        vars: Mapping[str, Any] | None = None,
+        message: str | None = None,
+        environment: str | None = None,
+        bundle: str | None = None,
+        callback_url: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        response_timeout: float | None = None,
+        resume_run_id: str | None = None,
+        tools: ToolsMap | None = None,
+        raise_on_tool_error: bool = False,
+        on_event: EventCallback | None = None,
+    ) -> str:
+        """Run the agent to the end, answering its client-side tools; its final text.
+
+        The same as `execute_agent`, which returns the whole run; this returns only
+        `last_agent_message` ("" when the agent said nothing).
+        """
+        run = self.execute_agent(
+            agent_id,
+            string_inputs=string_inputs,
+            vars=vars,
+            message=message,
+            environment=environment,
+            bundle=bundle,
+            callback_url=callback_url,
+            metadata=metadata,
+            response_timeout=response_timeout,
+            resume_run_id=resume_run_id,
+            tools=tools,
+            raise_on_tool_error=raise_on_tool_error,
+            on_event=on_event,
+        )
+        return str(run.get("last_agent_message") or "")
+
+    def execute_agent(
+        self,
+        agent_id: str | None = None,
+        *,
+        string_inputs: Mapping[str, Any] | None = None,
+        vars: Mapping[str, Any] | None = None,
+        message: str | None = None,
+        environment: str | None = None,
+        bundle: str | None = None,
+        callback_url: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        response_timeout: float | None = None,
+        resume_run_id: str | None = None,
+        tools: ToolsMap | None = None,
+        raise_on_tool_error: bool = False,
+        on_event: EventCallback | None = None,
+    ) -> JSONObject:
+        """Start a run (or re-attach to `resume_run_id`), follow its events, run the handlers
+        of its client-side tool calls (a turn's calls in parallel threads), and return the
+        completed run. Everything else as `AsyncAgentRunsClient.execute_agent`.
+        """
+        runner = SyncAgentRunner(
+            self,
+            self._tools_for(tools),
+            raise_on_tool_error=raise_on_tool_error,
+            on_event=on_event,
+            timeout=response_timeout,
+        )
+        if resume_run_id is None:
+            if agent_id is None:
+                raise TypeError("execute_agent needs agent_id, or resume_run_id to re-attach")
+            inputs = RunInputs(
+                string_inputs, vars, message, environment, bundle, callback_url, metadata
+            )
+            resume_run_id = str(runner.start(agent_id, inputs)["id"])
+        return runner.execute(resume_run_id)
+
+    def start_agent_run(
+        self,
+        agent_id: str,
+        *,
+        string_inputs: Mapping[str, Any] | None = None,
+        vars: Mapping[str, Any] | None = None,
+        message: str | None = None,
+        environment: str | None = None,
+        bundle: str | None = None,
+        callback_url: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> JSONObject:
+        """Start a run and return it at once (`queued`); inputs as for `execute_agent`."""
+        inputs = RunInputs(
+            string_inputs, vars, message, environment, bundle, callback_url, metadata
+        )
+        return SyncAgentRunner(self, {}).start(agent_id, inputs, idempotency_key=idempotency_key)
+
+    def send_tool_responses(
+        self, agent_id: str | None, task_id: str, results: ToolResults
+    ) -> JSONObject:
+        """Post tool outputs for the run `task_id`; returns the run.
+
+        `results` is `{tool_call_id: output}` or `[{"tool_call_id", "output"}, ...]`
+        (non-string outputs are sent as JSON text). `agent_id` is accepted for
+        compatibility; the run id alone names the run.
+        """
+        body = {"tool_responses": tool_responses(results)}
+        return self._request("POST", path("agent-runs", task_id, "tool-responses"), json=body)
+
+    def process_webhook_tools(
+        self,
+        payload: Mapping[str, Any] | str | bytes,
+        tools_map: ToolsMap | None = None,
+        *,
+        post: bool = False,
+        raise_on_tool_error: bool = False,
+    ) -> list[dict[str, str]]:
+        """Answer a `run.awaiting_tool_calls` webhook: run the handlers (`tools_map`, else
+        those of `set_tools`) and return the responses for `send_tool_responses`.
+
+        With `post`, the run's current `pending_tool_calls` are read first, so a delivery
+        that comes again (webhooks retry) runs no handler twice, and the responses are
+        posted too.
+        """
+        tools = self._tools_for(tools_map) if tools_map is not None else self._local_tools
+        run = paused_run(payload)
+        if run is None:
+            return []
+        if post:
+            run = self.runs.get(str(run["id"]))
+        responses = process_webhook_tools(run, tools, raise_on_tool_error=raise_on_tool_error)
+        if post and responses:
+            try:
+                self.send_tool_responses(run.get("agent_id"), str(run["id"]), responses)
+            except ANSWER_REFUSED:
+                now = self.runs.get(str(run["id"]))
+                if any(not answered_elsewhere(now, r["tool_call_id"]) for r in responses):
+                    raise
+        return responses
 
     def _send(
         self,
@@ -100,8 +253,10 @@ class Agents:
     def create(self, **fields: Any) -> JSONObject:
         return self._client._request("POST", path("agents"), json=fields)
 
-    def get(self, agent_id: str) -> JSONObject:
-        return self._client._request("GET", path("agents", agent_id))
+    def get(self, agent_id: str, *, version: int | None = None) -> JSONObject:
+        """The agent as it is now, or one of its earlier versions."""
+        params = {"version": version} if version is not None else None
+        return self._client._request("GET", path("agents", agent_id), params=params)
 
     def list(self, *, limit: int | None = None) -> Iterator[JSONObject]:
         """Every agent, page after page; `limit` caps how many in all."""
@@ -115,24 +270,6 @@ class Agents:
 
     def publish(self, agent_id: str) -> JSONObject:
         return self._client._request("POST", path("agents", agent_id, "publish"))
-
-
-@dataclass(frozen=True)
-class _Deadline:
-    run_id: str
-    timeout: float
-    at: float
-
-    @classmethod
-    def start(cls, run_id: str, timeout: float) -> _Deadline:
-        return cls(run_id, timeout, time.monotonic() + timeout)
-
-    def remaining(self) -> float:
-        return max(0.0, self.at - time.monotonic())
-
-    def check(self) -> None:
-        if self.remaining() <= 0:
-            raise WaitTimeout(self.run_id, self.timeout)
 
 
 class Runs:
@@ -204,7 +341,7 @@ class Runs:
 
         Raises `WaitTimeout` after `timeout` seconds; the run goes on regardless.
         """
-        deadline = None if timeout is None else _Deadline.start(run_id, timeout)
+        deadline = None if timeout is None else Deadline.start(run_id, timeout)
         run = self.get(run_id)
         if run["status"] not in TERMINAL_STATUSES:
             with closing(self._stream(run_id, None, follow=True, deadline=deadline)) as events:
@@ -216,7 +353,7 @@ class Runs:
         return run_outcome(run)
 
     def _stream(
-        self, run_id: str, after: int | None, *, follow: bool, deadline: _Deadline | None
+        self, run_id: str, after: int | None, *, follow: bool, deadline: Deadline | None
     ) -> Generator[RunEvent, None, None]:
         client = self._client
         url = path("agent-runs", run_id, "events")
@@ -239,6 +376,7 @@ class Runs:
                     if source.response.is_error:
                         source.response.read()
                         client._raise_for_status(source.response)
+                    cursor.opened()
                     for sse in source.iter_sse():
                         event = cursor.accept(sse)
                         if event is None:
@@ -263,5 +401,26 @@ class Runs:
                 self._sleep(cursor.backoff(ended), deadline)
 
     @staticmethod
-    def _sleep(seconds: float, deadline: _Deadline | None) -> None:
+    def _sleep(seconds: float, deadline: Deadline | None) -> None:
         time.sleep(seconds if deadline is None else min(seconds, deadline.remaining()))
+
+
+class Tools:
+    """`client.tools`: the project's tool registry (agents use `{"type": "function",
+    "ref": "namespace/name"}`)."""
+
+    def __init__(self, client: AgentRunsClient) -> None:
+        self._client = client
+
+    def register_tools(
+        self, tools: list[Mapping[str, Any]], namespace: str = "default"
+    ) -> list[JSONObject]:
+        """Register (or update) tool definitions `{name, description, parameters}`; a tool
+        without a `namespace` gets `namespace`. Returns the stored tools."""
+        body = tool_registration_body(tools, namespace)
+        data = self._client._data(self._client._send("POST", path("tools"), json=body))
+        return list(data) if isinstance(data, list) else []
+
+    def get_tools(self, namespace: str | None = None) -> list[JSONObject]:
+        """The registered tools, of one namespace or of all."""
+        return list(self._client._paginate(path("tools"), {"namespace": namespace}, None))

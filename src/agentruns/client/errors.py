@@ -13,9 +13,11 @@ AgentRunsError                       (agentruns.errors)
     │   ├── RateLimited              429, `retry_after` from the header
     │   └── ServerError              5xx
     ├── WaitTimeout                  `runs.wait(timeout=...)` gave up; the run goes on
-    └── RunError                     the run ended without completing
-        ├── RunFailed
-        └── RunCancelled
+    ├── RunError                     the run ended without completing
+    │   ├── RunFailed
+    │   └── RunCancelled
+    ├── MissingToolHandler           a paused run asks for a tool with no local handler
+    └── ToolHandlerError             a handler raised, with `raise_on_tool_error=True`
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ __all__ = [
     "AuthenticationError",
     "BadRequest",
     "Conflict",
+    "MissingToolHandler",
     "NotFound",
     "PayloadTooLarge",
     "RateLimited",
@@ -40,6 +43,7 @@ __all__ = [
     "RunError",
     "RunFailed",
     "ServerError",
+    "ToolHandlerError",
     "ValidationError",
     "WaitTimeout",
     "error_from_response",
@@ -141,6 +145,40 @@ class RunFailed(RunError):
 
 class RunCancelled(RunError):
     """The run was cancelled."""
+
+
+class MissingToolHandler(AgentRunsClientError):
+    """The run waits for tools that have no local handler; nothing was answered.
+
+    The run stays `awaiting_tool_calls` until its deadline: re-attach with handlers for
+    `tool_names` (`run_agent(resume_run_id=run_id)`) or answer with `send_tool_responses`.
+    """
+
+    def __init__(self, run_id: str, tool_names: list[str]) -> None:
+        names = ", ".join(sorted(set(tool_names)))
+        super().__init__(
+            f"run {run_id} waits for tool(s) with no handler: {names}; it stays paused "
+            "(set_tools(...) then run_agent(resume_run_id=...) to answer)"
+        )
+        self.run_id = run_id
+        self.tool_names = sorted(set(tool_names))
+
+
+class ToolHandlerError(AgentRunsClientError):
+    """A tool handler raised and `raise_on_tool_error` was set; the cause is chained.
+
+    The other calls of the same turn were answered; this one was not, so the run stays
+    `awaiting_tool_calls` and can be resumed.
+    """
+
+    def __init__(self, run_id: str, tool_call_id: str, tool_name: str, exc: BaseException):
+        super().__init__(
+            f"tool {tool_name} (call {tool_call_id} of run {run_id}) raised "
+            f"{type(exc).__name__}: {exc}"
+        )
+        self.run_id = run_id
+        self.tool_call_id = tool_call_id
+        self.tool_name = tool_name
 
 
 _BY_STATUS: dict[int, type[APIError]] = {

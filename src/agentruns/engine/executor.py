@@ -19,10 +19,19 @@ import httpx
 from agentruns.engine.models import resolve_model
 from agentruns.engine.models.base import Model, TextDelta, ToolCall, Usage
 from agentruns.engine.models.retrying import stream_with_retries
-from agentruns.engine.tools import Toolset, build_toolset, inline_refs, tool_refs
+from agentruns.engine.tools import (
+    McpServerUnavailable,
+    ToolRuntime,
+    Toolset,
+    ToolSource,
+    build_toolset,
+    inline_refs,
+    tool_refs,
+)
 from agentruns.engine.tools.arguments import InvalidArguments, parse_arguments
+from agentruns.engine.tools.bundles import DEFAULT_BUNDLE
 from agentruns.errors import LeaseLost, ModelError, ToolError
-from agentruns.store import agents, messages, tool_registry
+from agentruns.store import agents, bundles, events, messages, tool_registry
 from agentruns.store.clock import now
 from agentruns.store.database import Database
 from agentruns.store.execution import commit_step
@@ -47,6 +56,8 @@ class RunProgress:
     turn_steps: int
     finished: bool = False
     pending_delta: list[str] = field(default_factory=list)
+    # Server-side calls a lost worker started but never answered: their outcome is unknown.
+    interrupted: set[str] = field(default_factory=set)
 
 
 def unanswered_tool_calls(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -72,11 +83,17 @@ class Executor:
         http: httpx.AsyncClient,
         default_model: str,
         flush_interval_s: float = 0.05,
+        tools: ToolRuntime | None = None,
     ) -> None:
         self.db = db
         self.http = http
         self.default_model = default_model
         self.flush_interval_s = flush_interval_s
+        self.tools = tools or ToolRuntime()
+
+    async def aclose(self) -> None:
+        """Stop what the tools hold across runs (MCP servers, the tools' HTTP client)."""
+        await self.tools.aclose()
 
     async def execute(self, lease: Lease, row: Any) -> None:
         """Drive the run until it completes, fails, pauses, or the lease is lost."""
@@ -91,11 +108,15 @@ class Executor:
             spec = await agents.get_agent_spec(self.db, row.agent_id, row.agent_version)
             if spec is None:
                 raise ToolError(f"agent {row.agent_id} version {row.agent_version} is gone")
+            open_calls = unanswered_tool_calls(progress.messages)
+            if open_calls:
+                started = await events.tool_calls_started_since_last_message(self.db, lease.run_id)
+                progress.interrupted = {c["id"] for c in open_calls if c["id"] in started}
             remaining = row.turn_deadline - now()
             if remaining <= 0:
                 raise TimeoutError
             async with asyncio.timeout(remaining):
-                await self._loop(progress, spec, row.project_id)
+                await self._loop(progress, spec, row.project_id, row.bundle)
         except LeaseLost:
             log.info("run %s: lease lost (cancelled or taken over)", lease.run_id)
         except TimeoutError:
@@ -104,6 +125,8 @@ class Executor:
             )
         except ModelError as exc:
             await self._fail(progress, "model_error", exc.message)
+        except McpServerUnavailable as exc:
+            await self._fail(progress, "mcp_server_unavailable", str(exc))
         except ToolError as exc:
             await self._fail(progress, "agent_error", str(exc))
         except Exception as exc:
@@ -112,22 +135,36 @@ class Executor:
                 progress, "internal_error", f"internal error: {type(exc).__name__}: {exc}"
             )
 
-    async def _tool_specs(self, project_id: str, spec: dict[str, Any]) -> list[dict[str, Any]]:
+    async def _tool_sources(
+        self, project_id: str, spec: dict[str, Any], bundle: str | None
+    ) -> list[ToolSource]:
+        """The agent's own tools, then its bundle's (the agent's win on a name clash)."""
         specs = spec.get("tools") or []
         refs = tool_refs(specs)
         found = await tool_registry.find_tools(self.db, project_id, refs) if refs else {}
         try:
-            return inline_refs(specs, found)
+            sources = [ToolSource(inline_refs(specs, found))]
         except KeyError as exc:
             raise ToolError(f"the registered tool {exc} no longer exists") from exc
+        if bundle == DEFAULT_BUNDLE:
+            sources.append(ToolSource(self.tools.default_bundle, trusted=True))
+        elif bundle is not None:
+            stored = await bundles.get_bundle(self.db, project_id, bundle)
+            if stored is None:
+                raise ToolError(f"the bundle {bundle!r} no longer exists")
+            sources.append(ToolSource(stored["tools"]))
+        return sources
 
-    async def _loop(self, progress: RunProgress, spec: dict[str, Any], project_id: str) -> None:
+    async def _loop(
+        self, progress: RunProgress, spec: dict[str, Any], project_id: str, bundle: str | None
+    ) -> None:
         model = resolve_model(
             spec.get("model") or self.default_model,
             spec.get("model_settings") or {},
             client=self.http,
         )
-        toolset = build_toolset(await self._tool_specs(project_id, spec))
+        sources = await self._tool_sources(project_id, spec, bundle)
+        toolset = await build_toolset(sources, self.tools, project_id)
         max_steps = spec.get("max_steps") or DEFAULT_MAX_STEPS
         while not progress.finished:
             open_calls = unanswered_tool_calls(progress.messages)
@@ -241,6 +278,8 @@ class Executor:
     ) -> None:
         client_calls = []
         for call in open_calls:
+            if progress.finished:
+                return
             definition = toolset.client.get(call["name"])
             if definition is None:
                 await self._run_server_tool(progress, toolset, call)
@@ -252,29 +291,55 @@ class Executor:
                 await self._record_tool_output(progress, call, str(exc), is_error=True)
             else:
                 client_calls.append(call)
-        if client_calls:
+        if client_calls and not progress.finished:
             await self._pause_for_client_tools(progress, client_calls, spec)
 
     async def _run_server_tool(
         self, progress: RunProgress, toolset: Toolset, call: dict[str, Any]
     ) -> None:
+        if call["id"] in progress.interrupted:
+            progress.interrupted.discard(call["id"])
+            tool = toolset.server.get(call["name"])
+            if tool is None or not tool.idempotent:
+                # Running it again could repeat a side effect (a payment, an email): the
+                # caller decides, knowing which call it was.
+                await self._fail(
+                    progress,
+                    "tool_outcome_unknown",
+                    f"the server-side tool call {call['id']} ({call['name']}) was interrupted "
+                    "when its worker stopped, so its outcome is unknown; the tool is not "
+                    "marked idempotent, so it was not called again",
+                )
+                return
+            log.info("run %s: calling %s again after a crash", progress.lease.run_id, call["id"])
         await self._commit(progress, events=[("tool_call.started", call)])
+        started = asyncio.get_running_loop().time()
         output, is_error = await self._call_tool(toolset, call)
-        await self._record_tool_output(progress, call, output, is_error=is_error)
+        duration_ms = round((asyncio.get_running_loop().time() - started) * 1000)
+        await self._record_tool_output(
+            progress, call, output, is_error=is_error, duration_ms=duration_ms
+        )
 
     async def _record_tool_output(
-        self, progress: RunProgress, call: dict[str, Any], output: str, *, is_error: bool
+        self,
+        progress: RunProgress,
+        call: dict[str, Any],
+        output: str,
+        *,
+        is_error: bool,
+        duration_ms: int | None = None,
     ) -> None:
         completed = {**call, "output": output, "is_error": is_error}
-        results = [
-            *progress.results,
-            {
-                "type": "tool_output",
-                "tool_call_id": call["id"],
-                "name": call["name"],
-                "output": output,
-            },
-        ]
+        result: dict[str, Any] = {
+            "type": "tool_output",
+            "tool_call_id": call["id"],
+            "name": call["name"],
+            "output": output,
+        }
+        if duration_ms is not None:  # server-side calls; a client's own calls are not timed
+            completed["duration_ms"] = result["duration_ms"] = duration_ms
+            result["is_error"] = is_error
+        results = [*progress.results, result]
         tool_message = {
             "role": "tool",
             "tool_call_id": call["id"],
@@ -294,20 +359,35 @@ class Executor:
         )
 
     async def _call_tool(self, toolset: Toolset, call: dict[str, Any]) -> tuple[str, bool]:
-        tool = toolset.server.get(call["name"])
+        """The output for the model and whether it is an error; never raises for the tool."""
+        name = call["name"]
+        tool = toolset.server.get(name)
         if tool is None:
-            return f"error: there is no tool named {call['name']!r}", True
+            return f"error: there is no tool named {name!r}", True
         try:
-            arguments = parse_arguments(call["name"], call["arguments"], tool.definition.parameters)
+            arguments = parse_arguments(name, call["arguments"], tool.definition.parameters)
         except InvalidArguments as exc:
             return str(exc), True
         try:
-            return await tool.call(arguments), False
+            async with asyncio.timeout(tool.timeout_s):
+                output = await tool.call(arguments)
+        except TimeoutError:
+            return f"error: tool {name} did not finish within {tool.timeout_s:g} s", True
         except ToolError as exc:
-            return f"error: {exc}", True
+            return self._cut(f"error: {exc}"), True
         except Exception as exc:
-            log.warning("tool %s failed", call["name"], exc_info=True)
-            return f"error: tool {call['name']} failed: {type(exc).__name__}: {exc}", True
+            log.warning("tool %s failed", name, exc_info=True)
+            return self._cut(f"error: tool {name} failed: {type(exc).__name__}: {exc}"), True
+        if not isinstance(output, str):
+            return f"error: tool {name} returned {type(output).__name__}, not text", True
+        return self._cut(output), False
+
+    def _cut(self, output: str) -> str:
+        """Bound what one tool call adds to the conversation (and to every later model call)."""
+        limit = self.tools.limits.output_max_chars
+        if len(output) <= limit:
+            return output
+        return output[:limit] + f"\n[truncated: the output was {len(output)} characters]"
 
     async def _pause_for_client_tools(
         self, progress: RunProgress, calls: list[dict[str, Any]], spec: dict[str, Any]

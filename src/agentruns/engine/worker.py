@@ -67,6 +67,7 @@ class Worker:
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
+            await self.executor.aclose()  # stops the MCP servers this worker started
             log.info("worker %s stopped", self.worker_id)
 
     async def _claim_loop(self) -> None:

@@ -57,7 +57,6 @@ async def last_event_type(tx: Tx, run_id: str) -> str | None:
     ).scalar_one_or_none()
 
 
-
 async def tool_calls_started_since_last_message(db: Database, run_id: str) -> set[str]:
     """Ids in the `tool_call.started` events after the run's last `message.completed`.
 

@@ -37,7 +37,7 @@ class NewRun:
     timeout_s: float
     vars: dict[str, Any] = field(default_factory=dict)
     callback_url: str | None = None
-    bundle: str = "default"
+    bundle: str | None = None
     environment: str = "playground"
     metadata: dict[str, Any] = field(default_factory=dict)
 

@@ -76,7 +76,7 @@ runs = sa.Table(
     sa.Column("last_agent_message", sa.Text),
     sa.Column("pending_tool_calls", JSON, nullable=False),
     sa.Column("callback_url", sa.Text),
-    sa.Column("bundle", sa.String(200), nullable=False),
+    sa.Column("bundle", sa.String(200)),  # None: the agent's own tools only
     sa.Column("environment", sa.String(32), nullable=False),
     sa.Column("usage", JSON, nullable=False),
     sa.Column("error", JSON),
@@ -143,4 +143,67 @@ tool_definitions = sa.Table(
     sa.Column("description", sa.Text, nullable=False),
     sa.Column("parameters", JSON, nullable=False),
     sa.Column("created_at", Time, nullable=False),
+)
+
+# Webhooks: each project's signing secret (the previous one stays valid for a while
+# after a rotation), and the outbox of deliveries with one row per attempt.
+webhook_secrets = sa.Table(
+    "webhook_secrets",
+    metadata,
+    sa.Column("project_id", sa.String(36), sa.ForeignKey("projects.id"), primary_key=True),
+    sa.Column("secret", sa.String(100), nullable=False),
+    sa.Column("created_at", Time, nullable=False),
+    sa.Column("previous_secret", sa.String(100)),
+    sa.Column("previous_expires_at", Time),
+)
+
+webhook_deliveries = sa.Table(
+    "webhook_deliveries",
+    metadata,
+    # The id is also the `webhook-id` header: stable across retries and redeliveries.
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("project_id", sa.String(36), sa.ForeignKey("projects.id"), nullable=False),
+    sa.Column("run_id", sa.String(36), sa.ForeignKey("runs.id"), nullable=False),
+    sa.Column("event_type", sa.String(64), nullable=False),
+    sa.Column("url", sa.Text, nullable=False),
+    sa.Column("payload", JSON, nullable=False),
+    # pending → sending → delivered | failed (| pending again on retry or redeliver)
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    # Attempts made before the current retry series (a redelivery starts a new one).
+    sa.Column("series_start", sa.Integer, nullable=False, server_default="0"),
+    # When a dispatcher should take it next: the retry time while pending, the lease
+    # expiry while sending, NULL once finished. The claim looks only at this column.
+    sa.Column("next_attempt_at", Time),
+    sa.Column("lease_token", sa.String(36)),
+    sa.Column("created_at", Time, nullable=False),
+    sa.Column("updated_at", Time, nullable=False),
+    sa.Column("finished_at", Time),
+    sa.Index("ix_webhook_deliveries_next_attempt", "next_attempt_at"),
+    sa.Index("ix_webhook_deliveries_run", "run_id", "created_at"),
+)
+
+webhook_attempts = sa.Table(
+    "webhook_attempts",
+    metadata,
+    sa.Column(
+        "delivery_id", sa.String(36), sa.ForeignKey("webhook_deliveries.id"), primary_key=True
+    ),
+    sa.Column("attempt", sa.Integer, primary_key=True),
+    sa.Column("started_at", Time, nullable=False),
+    sa.Column("finished_at", Time, nullable=False),
+    sa.Column("status_code", sa.Integer),
+    sa.Column("error", sa.Text),
+    sa.Column("next_attempt_at", Time),
+)
+
+bundles = sa.Table(
+    "bundles",
+    metadata,
+    sa.Column("project_id", sa.String(36), sa.ForeignKey("projects.id"), primary_key=True),
+    sa.Column("name", sa.String(200), primary_key=True),
+    sa.Column("description", sa.Text, nullable=False),
+    sa.Column("tools", JSON, nullable=False),
+    sa.Column("created_at", Time, nullable=False),
+    sa.Column("updated_at", Time, nullable=False),
 )

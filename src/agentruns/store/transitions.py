@@ -15,8 +15,11 @@ from agentruns.store.clock import iso, now
 from agentruns.store.database import Tx, without_nul
 from agentruns.store.events import insert_events
 from agentruns.store.tables import runs
+from agentruns.store.webhooks import enqueue_delivery
 
 TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
+# A run with a callback_url gets a webhook when it reaches one of these.
+WEBHOOK_STATUSES = frozenset({"awaiting_tool_calls", *TERMINAL_STATUSES})
 
 # An event is either a type whose data is the run object, or (type, data).
 EventSpec = str | tuple[str, dict[str, Any]]
@@ -75,9 +78,16 @@ async def update_run(
     needs_row = bool(values) or any(isinstance(spec, str) for spec in events)
     statement = statement.returning(*((runs,) if needs_row else (runs.c.id, runs.c.event_seq)))
     row = (await tx.conn.execute(statement)).first()
-    if row is None or not events:
-        return row
+    if row is None:
+        return None
     run_object: dict[str, Any] | None = None
+    status = values.get("status")
+    if status in WEBHOOK_STATUSES and row.callback_url:
+        # The outbox row commits with the status change, or neither does.
+        run_object = render_run(row)
+        await enqueue_delivery(tx, row, {"type": f"run.{status}", "data": run_object})
+    if not events:
+        return row
     rendered: list[tuple[str, dict[str, Any]]] = []
     for spec in events:
         if isinstance(spec, str):

@@ -9,9 +9,10 @@ from fastapi import APIRouter, Depends, Query, Request
 from agentruns.api.auth import current_project
 from agentruns.api.errors import APIError, not_found
 from agentruns.api.responses import JSONResponse, envelope, list_envelope
+from agentruns.api.routes.bundles import check_bundle_exists, check_tool_specs
 from agentruns.api.schemas import AgentCreate, AgentPublish, AgentUpdate
 from agentruns.engine.models import validate_model_spec
-from agentruns.engine.tools import tool_refs, validate_tool_specs
+from agentruns.engine.tools import tool_refs
 from agentruns.store import agents, tool_registry
 
 router = APIRouter(prefix="/v1/agents", tags=["agents"])
@@ -29,7 +30,7 @@ async def _check_refs(request: Request, project: str, fields: dict[str, Any]) ->
         raise APIError(422, message, details=[{"field": "tools", "message": message}])
 
 
-def _check_spec(fields: dict[str, Any]) -> None:
+async def _check_spec(request: Request, project: str, fields: dict[str, Any]) -> None:
     """Refuse what a worker could not run, at save time rather than at run time."""
     try:
         if fields.get("model"):
@@ -38,10 +39,8 @@ def _check_spec(fields: dict[str, Any]) -> None:
         raise APIError(
             422, f"model: {exc}", details=[{"field": "model", "message": str(exc)}]
         ) from exc
-    try:
-        validate_tool_specs(fields.get("tools") or [])
-    except ValueError as exc:
-        raise APIError(422, str(exc), details=[{"field": "tools", "message": str(exc)}]) from exc
+    await check_tool_specs(request, fields.get("tools") or [])
+    await check_bundle_exists(request, project, fields.get("bundle"))
 
 
 @router.post("", status_code=201)
@@ -49,7 +48,7 @@ async def create_agent(
     body: AgentCreate, request: Request, project: str = Depends(current_project)
 ) -> JSONResponse:
     spec = body.spec()
-    _check_spec(spec)
+    await _check_spec(request, project, spec)
     await _check_refs(request, project, spec)
     return envelope(await agents.create_agent(request.app.state.db, project, spec), 201)
 
@@ -90,7 +89,7 @@ async def update_agent(
     changes = body.changes()
     if changes.get("name", "") is None:
         raise APIError(422, "name: cannot be null", details=[{"field": "name", "message": "null"}])
-    _check_spec(changes)
+    await _check_spec(request, project, changes)
     await _check_refs(request, project, changes)
     agent = await agents.update_agent(request.app.state.db, project, agent_id, changes)
     if agent is None:

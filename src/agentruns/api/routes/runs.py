@@ -11,8 +11,10 @@ from fastapi import APIRouter, Depends, Header, Query, Request
 from agentruns.api.auth import current_project
 from agentruns.api.errors import APIError, not_found
 from agentruns.api.responses import JSONResponse, envelope, list_envelope
+from agentruns.api.routes.bundles import check_bundle_exists
 from agentruns.api.schemas import RunContinue, RunCreate, ToolResponses
 from agentruns.engine.templating import MissingVars, render_all
+from agentruns.netguard import UnsafeURL, check_public_url
 from agentruns.store import agents, runs, tool_calls
 from agentruns.store.runs import IdempotencyConflict, NewRun, StateConflict
 
@@ -42,6 +44,24 @@ async def _pinned_spec(
     spec = await agents.get_agent_spec(db, agent_id, version)
     assert spec is not None  # versions are never deleted
     return version, spec
+
+
+async def _check_callback_url(request: Request, url: str | None, from_agent: bool) -> None:
+    """The SSRF guard at the door (it runs again, after DNS, at every send)."""
+    if url is None:
+        return
+    settings = request.app.state.settings
+    try:
+        await check_public_url(url, allow_private=settings.webhook_allow_private)
+    except UnsafeURL as exc:
+        where = "the agent's default callback_url" if from_agent else "callback_url"
+        message = (
+            f"{where} is refused: {exc}. Webhooks go only to public http(s) addresses "
+            "(the operator can allow private ones with AGENTRUNS_WEBHOOK_ALLOW_PRIVATE=true)"
+        )
+        raise APIError(
+            422, message, details=[{"field": "callback_url", "message": str(exc)}]
+        ) from exc
 
 
 def _first_messages(
@@ -91,6 +111,10 @@ async def create_run(
     agent_id = body.target_agent
     version, spec = await _pinned_spec(request, project, agent_id, body.environment)
     values = {**(spec.get("vars") or {}), **body.vars}
+    bundle = body.bundle or spec.get("bundle")
+    await check_bundle_exists(request, project, bundle)
+    callback_url = body.callback_url or spec.get("callback_url")
+    await _check_callback_url(request, callback_url, from_agent=not body.callback_url)
     new = NewRun(
         project_id=project,
         agent_id=agent_id,
@@ -99,8 +123,8 @@ async def create_run(
         results=[],
         timeout_s=float(spec.get("timeout_s") or 600),
         vars=values,
-        callback_url=body.callback_url or spec.get("callback_url"),
-        bundle=body.bundle or spec.get("bundle") or "default",
+        callback_url=callback_url,
+        bundle=bundle,
         environment=body.environment,
         metadata=body.metadata,
     )

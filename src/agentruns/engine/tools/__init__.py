@@ -1,17 +1,42 @@
-"""Tools: what the model is offered and who executes each call."""
+"""Tools: what the model is offered and who executes each call.
+
+function  the client executes it (the run pauses)     specs.py, arguments.py
+builtin   get_current_time, fetch_url                  builtin.py, fetch.py
+http      the worker sends the arguments to a URL      http.py, net.py, secrets.py
+mcp       an MCP server's tools (stdio or HTTP)        mcp.py
+bundles   named sets of server-side specs; `default`   bundles.py
+"""
 
 from __future__ import annotations
 
-import re
+import logging
+from dataclasses import dataclass
 from typing import Any
 
 from agentruns.engine.models.base import ToolDefinition
-from agentruns.engine.tools.arguments import check_schema
-from agentruns.engine.tools.base import ServerTool, Toolset
+from agentruns.engine.tools.base import ServerTool, ToolContext, ToolLimits, Toolset
 from agentruns.engine.tools.builtin import BUILTIN_TOOLS
+from agentruns.engine.tools.http import HttpTool
+from agentruns.engine.tools.mcp import McpServerUnavailable, McpTool, server_tools
+from agentruns.engine.tools.runtime import ToolPolicy, ToolRuntime
+from agentruns.engine.tools.specs import (
+    HttpToolSpec,
+    McpServerSpec,
+    ToolSpecError,
+    parse_ref,
+    parse_server_spec,
+    validate_tool_specs,
+)
 
 __all__ = [
+    "McpServerUnavailable",
     "ServerTool",
+    "ToolContext",
+    "ToolLimits",
+    "ToolPolicy",
+    "ToolRuntime",
+    "ToolSource",
+    "ToolSpecError",
     "Toolset",
     "build_toolset",
     "inline_refs",
@@ -20,20 +45,16 @@ __all__ = [
     "validate_tool_specs",
 ]
 
-TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
-NAMESPACE = re.compile(r"[A-Za-z0-9_.-]{1,100}")
+log = logging.getLogger(__name__)
 
 
-def parse_ref(ref: Any) -> tuple[str, str]:
-    """`"namespace/name"` of a registered tool, or ValueError."""
-    namespace, _, name = str(ref).partition("/")
-    if (
-        not isinstance(ref, str)
-        or not NAMESPACE.fullmatch(namespace)
-        or not TOOL_NAME.fullmatch(name)
-    ):
-        raise ValueError(f"ref must look like 'namespace/tool_name', not {ref!r}")
-    return namespace, name
+@dataclass(frozen=True, slots=True)
+class ToolSource:
+    """Tool specs and how far they are trusted: the operator's own (the config file's
+    `default` bundle) may run stdio commands and use any secret; API clients' may not."""
+
+    specs: list[dict[str, Any]]
+    trusted: bool = False
 
 
 def tool_refs(specs: list[dict[str, Any]]) -> set[tuple[str, str]]:
@@ -64,45 +85,60 @@ def inline_refs(
     return inlined
 
 
-def validate_tool_specs(specs: list[dict[str, Any]]) -> None:
-    """Raise ValueError naming the first tool spec this server cannot run."""
-    seen: set[str] = set()
-    for index, spec in enumerate(specs):
-        kind = spec.get("type")
-        name = spec.get("name")
-        if kind == "function" and spec.get("ref") is not None:
-            _namespace, name = parse_ref(spec["ref"])
-            extra = set(spec) - {"type", "ref"}
-            if extra:
-                raise ValueError(f"tools[{index}]: a ref takes no other fields ({sorted(extra)})")
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"tools[{index}]: a tool needs a name (a non-empty string)")
-        if kind == "builtin":
-            if name not in BUILTIN_TOOLS:
-                known = ", ".join(sorted(BUILTIN_TOOLS))
-                raise ValueError(f"tools[{index}]: unknown builtin tool {name!r} (known: {known})")
-        elif kind == "function":
-            try:
-                check_schema(spec.get("parameters") or {"type": "object"})
-            except ValueError as exc:
-                raise ValueError(f"tools[{index}]: {exc}") from exc
-        else:
-            raise ValueError(f"tools[{index}]: unsupported tool type {kind!r}")
-        if name in seen:
-            raise ValueError(f"tools[{index}]: duplicate tool name {name!r}")
-        seen.add(name)
+async def _server_tools(
+    spec: HttpToolSpec | McpServerSpec, trusted: bool, runtime: ToolRuntime, owner: str
+) -> list[ServerTool]:
+    secrets_allowed = None if trusted else runtime.policy.secrets_allowed
+    if isinstance(spec, HttpToolSpec):
+        return [HttpTool(spec, runtime.context, secrets_allowed)]
+    if spec.transport == "stdio" and not trusted and not runtime.policy.allow_stdio:
+        raise McpServerUnavailable(
+            f"MCP server {spec.name!r}: stdio MCP servers are disabled on this server "
+            "(AGENTRUNS_MCP_ALLOW_STDIO)"
+        )
+    connection = await runtime.mcp.connection(
+        owner,
+        spec,
+        secrets_allowed=secrets_allowed,
+        allow_private=runtime.limits.allow_private,
+    )
+    return [
+        McpTool(
+            runtime.mcp,
+            owner,
+            spec,
+            info,
+            secrets_allowed=secrets_allowed,
+            allow_private=runtime.limits.allow_private,
+        )
+        for info in server_tools(connection, spec)
+    ]
 
 
-def build_toolset(specs: list[dict[str, Any]]) -> Toolset:
+async def build_toolset(sources: list[ToolSource], runtime: ToolRuntime, owner: str) -> Toolset:
+    """The tools of a run. On a name clash the earlier source wins (the agent's own tools
+    come before its bundle's). MCP servers are started (or reused) here, so a server that
+    cannot start raises McpServerUnavailable before the model is called."""
     toolset = Toolset()
-    for spec in specs:
-        if spec["type"] == "builtin":
-            tool: ServerTool = BUILTIN_TOOLS[spec["name"]]()
-            toolset.server[tool.definition.name] = tool
-        elif spec["type"] == "function":
-            toolset.client[spec["name"]] = ToolDefinition(
-                name=spec["name"],
-                description=spec.get("description") or "",
-                parameters=spec.get("parameters") or {"type": "object", "properties": {}},
-            )
+    for source in sources:
+        for spec in source.specs:
+            kind = spec["type"]
+            if kind == "function":
+                if not toolset.has(spec["name"]):
+                    toolset.client[spec["name"]] = ToolDefinition(
+                        name=spec["name"],
+                        description=spec.get("description") or "",
+                        parameters=spec.get("parameters") or {"type": "object", "properties": {}},
+                    )
+                continue
+            if kind == "builtin":
+                tools = [BUILTIN_TOOLS[spec["name"]](runtime.context)]
+            else:
+                tools = await _server_tools(parse_server_spec(spec), source.trusted, runtime, owner)
+            for tool in tools:
+                name = tool.definition.name
+                if toolset.has(name):
+                    log.info("tool %s is offered once: an earlier spec has that name", name)
+                    continue
+                toolset.server[name] = tool
     return toolset

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import httpx
+
 from agentruns.engine.models.base import ToolDefinition
 
 
@@ -12,8 +14,30 @@ class ServerTool(Protocol):
     """A tool the worker executes itself."""
 
     definition: ToolDefinition
+    # Safe to call again when a crash left the outcome of an earlier call unknown.
+    idempotent: bool
+    # The executor abandons a call after this long and tells the model it timed out.
+    timeout_s: float
 
     async def call(self, arguments: dict[str, Any]) -> str: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ToolLimits:
+    """The operator's bounds on what server-side tools may do (see docs/configuration.md)."""
+
+    allow_private: bool = False
+    output_max_chars: int = 20_000
+    response_max_bytes: int = 1024 * 1024
+    fetch_timeout_s: float = 15.0
+
+
+@dataclass(frozen=True, slots=True)
+class ToolContext:
+    """What built-in and http tools use: the worker's HTTP client for tools, and the limits."""
+
+    http: httpx.AsyncClient
+    limits: ToolLimits
 
 
 @dataclass
@@ -29,3 +53,6 @@ class Toolset:
 
     def is_client_tool(self, name: str) -> bool:
         return name in self.client
+
+    def has(self, name: str) -> bool:
+        return name in self.server or name in self.client

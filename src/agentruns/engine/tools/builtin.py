@@ -1,12 +1,15 @@
-"""Built-in server-side tools."""
+"""Built-in server-side tools: small, safe, and idempotent by nature."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from agentruns.engine.models.base import ToolDefinition
+from agentruns.engine.tools.base import ServerTool, ToolContext
+from agentruns.engine.tools.fetch import FetchUrl
 from agentruns.errors import ToolError
 
 
@@ -25,6 +28,11 @@ class GetCurrentTime:
             },
         },
     )
+    idempotent = True
+    timeout_s = 5.0
+
+    def __init__(self, context: ToolContext | None = None) -> None:
+        del context  # needs nothing from the worker
 
     async def call(self, arguments: dict[str, Any]) -> str:
         name = arguments.get("timezone") or "UTC"
@@ -35,4 +43,7 @@ class GetCurrentTime:
         return datetime.now(zone).isoformat()
 
 
-BUILTIN_TOOLS: dict[str, type[Any]] = {"get_current_time": GetCurrentTime}
+BUILTIN_TOOLS: dict[str, Callable[[ToolContext], ServerTool]] = {
+    "get_current_time": GetCurrentTime,
+    "fetch_url": FetchUrl,
+}
