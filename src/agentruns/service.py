@@ -6,6 +6,8 @@ import asyncio
 import logging
 import signal
 import socket
+from collections.abc import Coroutine
+from typing import Any
 
 import uvicorn
 from rich.console import Console
@@ -86,6 +88,16 @@ def listening_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+def run_event_loop(main: Coroutine[Any, Any, None]) -> None:
+    """Run on uvloop where it is installed (as uvicorn does for `serve`), else asyncio."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
+
+
 def run_worker(settings: Settings) -> None:
     """Run a worker (and a webhook dispatcher), no HTTP, until SIGINT/SIGTERM; then drain."""
     from agentruns.api.app import build_dispatcher, build_worker, model_http_client
@@ -118,4 +130,4 @@ def run_worker(settings: Settings) -> None:
         finally:
             await db.close()
 
-    asyncio.run(main())
+    run_event_loop(main())
