@@ -120,3 +120,17 @@ def test_invalid_parameter_schema_is_refused_at_save(api: Api) -> None:
     bad = {**LOOKUP, "parameters": {"type": "object", "properties": {"word": {"type": "strang"}}}}
     response = api.call("POST", "/v1/agents", json={"name": "x", "tools": [bad]})
     assert response.status_code == 422 and "tools[0]" in response.json()["error"]["message"]
+
+
+def test_retrying_the_answer_that_resumed_the_run_is_accepted(
+    api: Api, fake_model: FakeServer
+) -> None:
+    run = paused_run(api, fake_model)
+    both = (("c1", "a"), ("c2", "b"))
+    assert answer(api, run["id"], *both).json()["data"]["status"] == "queued"
+    # The caller lost the reply and sends the same answers again: same result, not a 409.
+    again = answer(api, run["id"], *both)
+    assert again.status_code == 200, again.text
+    different = answer(api, run["id"], ("c1", "changed"))
+    assert different.status_code == 409
+    assert api.wait(run["id"])["status"] == "completed"

@@ -20,7 +20,6 @@ from agentruns.client import (
     AgentRunsClient,
     AsyncAgentRunsClient,
     MissingToolHandler,
-    NotFound,
     ReconnectPolicy,
     RunEvent,
     ToolHandlerError,
@@ -309,10 +308,7 @@ def test_registered_tools_are_listed_and_usable_by_reference(
     server: ServerProcess, api: Api, fake_model: FakeServer
 ) -> None:
     with AgentRunsClient(server.url, server.api_key) as client:
-        try:
-            stored = client.tools.register_tools([LOOKUP], namespace="dict")
-        except NotFound:
-            pytest.skip("this server has no tool registry yet (POST /v1/tools is 404)")
+        stored = client.tools.register_tools([LOOKUP], namespace="dict")
         assert [(t["namespace"], t["name"]) for t in stored] == [("dict", "lookup")]
         assert stored[0]["parameters"] == LOOKUP["parameters"]
         assert [t["name"] for t in client.tools.get_tools(namespace="dict")] == ["lookup"]

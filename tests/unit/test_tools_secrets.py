@@ -34,3 +34,17 @@ def test_refused_and_missing_secrets_are_tool_errors() -> None:
     trusted = ResolvedSecrets(None, ENV)
     assert trusted.resolve("${GITHUB_TOKEN}") == "ghp-abc"
     assert trusted.resolve("${EMPTY}") == "" and trusted.redact("x") == "x"
+
+
+def test_a_secret_cut_at_the_size_limit_leaks_no_prefix() -> None:
+    resolved = ResolvedSecrets(None, {"TOKEN": "s3cr3t-value-123"})
+    resolved.resolve("Bearer ${TOKEN}")
+    cut = "echo: Bearer s3cr3t-va"
+    assert resolved.redact(cut, cut=True) == "echo: Bearer [redacted]"
+    assert "s3cr3t" not in resolved.redact('{"h": "s3cr3t-value-123"}')
+
+
+def test_json_escaped_secret_is_hidden() -> None:
+    resolved = ResolvedSecrets(None, {"TOKEN": 'quote"and\\slash'})
+    resolved.resolve("${TOKEN}")
+    assert resolved.redact('{"echo": "quote\\"and\\\\slash"}') == '{"echo": "[redacted]"}'

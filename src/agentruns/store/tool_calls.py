@@ -40,6 +40,13 @@ async def _answered_calls(conn: Any, run_id: str) -> tuple[list[dict[str, Any]],
     return [], outputs
 
 
+async def _already_applied(conn: Any, run_id: str, responses: list[tuple[str, str]]) -> bool:
+    """Whether every response is already stored, identically, for the last tool-call turn."""
+    calls, outputs = await _answered_calls(conn, run_id)
+    known = {call["id"] for call in calls}
+    return all(cid in known and outputs.get(cid) == output for cid, output in responses)
+
+
 async def submit_tool_responses(
     db: Database, project_id: str, run_id: str, responses: list[tuple[str, str]]
 ) -> dict[str, Any] | None:
@@ -59,6 +66,9 @@ async def submit_tool_responses(
         if row is None:
             return None
         if row.status != "awaiting_tool_calls":
+            if await _already_applied(tx.conn, run_id, responses):
+                # A retry of the answer that resumed the run (its reply was lost): same result.
+                return render_run(row)
             if row.error and row.error.get("type") == TIMEOUT_ERROR:
                 raise StateConflict(
                     f"too late: the run stopped waiting for tool responses at "

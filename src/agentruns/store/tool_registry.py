@@ -47,6 +47,19 @@ async def register_tools(
     db: Database, project_id: str, definitions: list[dict[str, Any]]
 ) -> list[dict[str, Any]]:
     """Store each definition as the next version of its (namespace, name)."""
+    for attempt in range(5):
+        try:
+            return await _register(db, project_id, definitions)
+        except sa.exc.IntegrityError:
+            # Another registration of the same name took this version number: take the next.
+            if attempt == 4:
+                raise
+    raise AssertionError("unreachable")
+
+
+async def _register(
+    db: Database, project_id: str, definitions: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
     registered = []
     async with db.write() as tx:
         for definition in definitions:

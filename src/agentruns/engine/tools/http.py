@@ -65,9 +65,10 @@ class HttpTool:
             content=content,
         ) as response:
             answer = await read_text(response, spec.url, self.context.limits.response_max_bytes)
-        text = secrets.redact(answer.text)
+        text = secrets.redact(answer.text, cut=answer.truncated)
         if answer.truncated:
-            text += f"\n[truncated: the answer is larger than {len(answer.text)} bytes]"
+            limit = self.context.limits.response_max_bytes
+            text += f"\n[truncated: the answer is larger than {limit} bytes]"
         if answer.status_code >= 400:
             raise ToolError(f"{spec.method} {spec.url} answered HTTP {answer.status_code}: {text}")
         if 300 <= answer.status_code < 400:

@@ -15,6 +15,8 @@ import os
 import re
 from collections.abc import Iterable, Mapping
 
+import orjson
+
 from agentruns.errors import ToolError
 
 SECRET_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -70,8 +72,24 @@ class ResolvedSecrets:
     def resolve_map(self, values: Mapping[str, str]) -> dict[str, str]:
         return {key: self.resolve(value) for key, value in values.items()}
 
-    def redact(self, text: str) -> str:
+    def redact(self, text: str, *, cut: bool = False) -> str:
+        """`text` with every secret value hidden; with `cut`, also a secret's start at its end.
+
+        A text cut at a size limit may end inside a secret: that partial value must go too.
+        JSON-escaped forms of a value are hidden as well, as an echoing server may send them.
+        """
+        forms = {form for secret in self.values for form in (secret, _json_escaped(secret))}
         # Longest first, so a secret that contains another is hidden whole.
-        for secret in sorted(self.values, key=len, reverse=True):
+        for secret in sorted(forms, key=len, reverse=True):
             text = text.replace(secret, REDACTED)
+        if cut:
+            for secret in forms:
+                for size in range(len(secret) - 1, 0, -1):
+                    if text.endswith(secret[:size]):
+                        text = text[:-size] + REDACTED
+                        break
         return text
+
+
+def _json_escaped(value: str) -> str:
+    return orjson.dumps(value).decode()[1:-1]
