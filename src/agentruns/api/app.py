@@ -19,6 +19,7 @@ from agentruns.api.responses import JSONResponse
 from agentruns.api.routes import agents, bundles, events, runs, tools, webhooks
 from agentruns.config import Settings
 from agentruns.engine.executor import Executor
+from agentruns.engine.models.transport import ModelHTTPClient
 from agentruns.engine.tools import ToolRuntime
 from agentruns.engine.worker import Worker
 from agentruns.store.database import Database
@@ -64,12 +65,9 @@ def _report_worker_exit(task: asyncio.Task[None]) -> None:
         log.critical("the embedded %s crashed", task.get_name(), exc_info=task.exception())
 
 
-def model_http_client() -> httpx.AsyncClient:
+def model_http_client() -> ModelHTTPClient:
     # Model calls stream for minutes; only connecting should be quick.
-    return httpx.AsyncClient(
-        timeout=httpx.Timeout(300.0, connect=10.0),
-        limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
-    )
+    return ModelHTTPClient(connect_timeout_s=10.0)
 
 
 def create_app(settings: Settings, *, with_worker: bool = False) -> FastAPI:

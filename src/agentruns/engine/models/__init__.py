@@ -12,8 +12,6 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-import httpx
-
 from agentruns.engine.models.anthropic import DEFAULT_BASE_URL as ANTHROPIC_DEFAULT_BASE_URL
 from agentruns.engine.models.anthropic import AnthropicModel
 from agentruns.engine.models.base import (
@@ -29,6 +27,7 @@ from agentruns.engine.models.base import (
 from agentruns.engine.models.offline import TEST_MODEL_NAME, TestModel
 from agentruns.engine.models.openai import OpenAIChatModel
 from agentruns.engine.models.retrying import stream_with_retries
+from agentruns.engine.models.transport import ModelClient
 from agentruns.errors import ModelError
 
 __all__ = [
@@ -67,7 +66,7 @@ def resolve_model(
     spec: str,
     model_settings: Mapping[str, Any],
     *,
-    client: httpx.AsyncClient,
+    client: ModelClient,
     env: Mapping[str, str] = os.environ,
 ) -> Model:
     """Build the adapter for `spec`; `ValueError` for an unknown spec.

@@ -33,6 +33,7 @@ from agentruns.engine.models.provider_errors import (
     incomplete_stream,
 )
 from agentruns.engine.models.sse import iter_sse_events
+from agentruns.engine.models.transport import ModelClient
 from agentruns.errors import ModelError
 
 __all__ = ["ANTHROPIC_VERSION", "DEFAULT_BASE_URL", "DEFAULT_MAX_TOKENS", "AnthropicModel"]
@@ -63,7 +64,7 @@ class AnthropicModel:
         *,
         base_url: str = DEFAULT_BASE_URL,
         api_key: str | None,
-        client: httpx.AsyncClient,
+        client: ModelClient,
         timeout_s: float = DEFAULT_TIMEOUT_S,
         api_key_env: str = "ANTHROPIC_API_KEY",
     ) -> None:

@@ -33,6 +33,7 @@ from agentruns.engine.models.provider_errors import (
     incomplete_stream,
 )
 from agentruns.engine.models.sse import iter_sse_events
+from agentruns.engine.models.transport import ModelClient
 from agentruns.errors import ModelError
 
 __all__ = ["DEFAULT_TIMEOUT_S", "OpenAIChatModel"]
@@ -59,7 +60,7 @@ class OpenAIChatModel:
         *,
         base_url: str,
         api_key: str | None,
-        client: httpx.AsyncClient,
+        client: ModelClient,
         timeout_s: float = DEFAULT_TIMEOUT_S,
         api_key_env: str = "OPENAI_API_KEY",
     ) -> None:

@@ -1,0 +1,144 @@
+"""The model HTTP client: keep-alive, chunked and sized bodies, stale connections, timeouts."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterator
+
+import httpx
+import pytest
+
+from agentruns.engine.models.base import TextDelta, ToolCall, ToolDefinition
+from agentruns.engine.models.openai import OpenAIChatModel
+from agentruns.engine.models.transport import ModelHTTPClient
+from agentruns.errors import ModelError
+from agentruns.testing import fake_openai
+from agentruns.testing.server import FakeServer, start_in_thread
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeServer]:
+    with start_in_thread(fake_openai.create_app()) as server:
+        yield server
+
+
+async def _collect(model: OpenAIChatModel, tools: list[ToolDefinition] | None = None) -> list:
+    messages = [{"role": "user", "content": "héllo wörld"}]
+    return [e async for e in model.stream(messages, tools or [], {})]
+
+
+async def test_streams_text_and_tool_calls_over_one_kept_alive_connection(fake: FakeServer) -> None:
+    fake.script(
+        {"text": "naïve café — ünïcode"},
+        {"tool_calls": [{"id": "c1", "name": "lookup", "arguments": {"q": "x"}}]},
+    )
+    async with ModelHTTPClient() as client:
+        model = OpenAIChatModel("m", base_url=fake.url, api_key="k", client=client)  # type: ignore[arg-type]
+        events = await _collect(model)
+        assert "".join(e.text for e in events if isinstance(e, TextDelta)) == "naïve café — ünïcode"
+        calls = [
+            e
+            for e in await _collect(model, [ToolDefinition("lookup", "")])
+            if isinstance(e, ToolCall)
+        ]
+        assert [(c.id, c.name, c.arguments) for c in calls] == [("c1", "lookup", '{"q":"x"}')]
+        for _ in range(3):
+            await _collect(model)
+        assert sum(len(idle) for idle in client._idle.values()) == 1  # one connection, reused
+    assert fake.requests()[0]["messages"][0]["content"] == "héllo wörld"
+
+
+async def test_provider_errors_keep_their_meaning(fake: FakeServer) -> None:
+    fake.script({"error": {"status": 429, "message": "slow down", "retry_after": 2}})
+    async with ModelHTTPClient() as client:
+        model = OpenAIChatModel("m", base_url=fake.url, api_key="k", client=client)  # type: ignore[arg-type]
+        with pytest.raises(ModelError) as error:
+            await _collect(model)
+    assert error.value.retryable and error.value.status_code == 429
+    assert error.value.retry_after == 2
+
+
+async def raw_server(handler: Handler) -> tuple[asyncio.Server, str]:
+    server = await asyncio.start_server(handler, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    return server, f"http://127.0.0.1:{port}/v1"
+
+
+async def _drain_request(reader: asyncio.StreamReader) -> None:
+    length = 0
+    while (line := await reader.readline()) not in (b"\r\n", b""):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":")[1])
+    await reader.readexactly(length)
+
+
+SSE_BODY = (
+    'data: {"choices":[{"index":0,"delta":{"content":"é"}}]}\n\n'
+    'data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\ndata: [DONE]\n\n'
+).encode()
+
+
+async def test_chunks_split_inside_characters_and_stale_connections() -> None:
+    accepted = 0
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal accepted
+        accepted += 1
+        await _drain_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n")
+        writer.write(b"Transfer-Encoding: chunked\r\n\r\n")
+        # Split the body, and the two bytes of "é", over several chunks.
+        cut = SSE_BODY.index("é".encode()) + 1
+        for piece in (SSE_BODY[:cut], SSE_BODY[cut:]):
+            writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            await writer.drain()
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+        # Then close the kept-alive connection, as servers do when idle.
+        writer.close()
+
+    server, url = await raw_server(handler)
+    async with server, ModelHTTPClient() as client:
+        model = OpenAIChatModel("m", base_url=url, api_key="k", client=client)  # type: ignore[arg-type]
+        for _ in range(3):
+            events = await _collect(model)
+            assert [e.text for e in events if isinstance(e, TextDelta)] == ["é"]
+            await asyncio.sleep(0.05)
+    assert accepted == 3  # each call found the last connection closed and opened a new one
+
+
+async def test_silence_is_a_read_timeout() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _drain_request(reader)
+        await asyncio.sleep(5)
+        writer.close()
+
+    server, url = await raw_server(handler)
+    async with server, ModelHTTPClient() as client:
+        with pytest.raises(httpx.ReadTimeout):
+            async with client.stream("POST", url + "/chat", content=b"{}", timeout=0.2) as response:
+                await response.aread()
+
+
+async def test_sized_body_and_connection_refused() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _drain_request(reader)
+        writer.write(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 17\r\n\r\n")
+        writer.write(b'{"error":"nope"}\n')
+        await writer.drain()
+
+    server, url = await raw_server(handler)
+    async with (
+        server,
+        ModelHTTPClient() as client,
+        client.stream("POST", url, content=b"{}") as response,
+    ):
+        assert response.status_code == 401
+        assert await response.aread() == b'{"error":"nope"}\n'
+    port = server.sockets[0].getsockname()[1] if server.sockets else 1
+    async with ModelHTTPClient() as client:
+        with pytest.raises(httpx.ConnectError):
+            async with client.stream("POST", f"http://127.0.0.1:{port}/", content=b"{}"):
+                pass
