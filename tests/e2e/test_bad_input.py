@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from typing import Any
 
 import pytest
@@ -173,7 +174,13 @@ def test_revoked_key_is_refused(server: ServerProcess) -> None:
         capture_output=True,
         timeout=60,
     )
-    refused = requests.get(
-        f"{server.url}/v1/agents", headers={"Authorization": f"Bearer {key}"}, timeout=5
-    )
+    # A server remembers a valid key for AGENTRUNS_AUTH_CACHE_S (5 s by default).
+    deadline = time.monotonic() + 8
+    while True:
+        refused = requests.get(
+            f"{server.url}/v1/agents", headers={"Authorization": f"Bearer {key}"}, timeout=5
+        )
+        if refused.status_code == 401 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     assert refused.status_code == 401

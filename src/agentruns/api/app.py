@@ -13,6 +13,7 @@ from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from agentruns import __version__
+from agentruns.api.auth import KeyCache
 from agentruns.api.errors import install_error_handlers
 from agentruns.api.limits import BodySizeLimit
 from agentruns.api.responses import JSONResponse
@@ -109,6 +110,7 @@ def create_app(settings: Settings, *, with_worker: bool = False) -> FastAPI:
         default_response_class=JSONResponse,
     )
     app.state.settings = settings
+    app.state.key_cache = KeyCache(settings.auth_cache_s)
     # Read the config file now: a broken one stops the server at start, not at first use.
     app.state.default_bundle = bundles.default_bundle_from_settings(settings)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)

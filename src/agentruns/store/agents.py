@@ -167,3 +167,27 @@ async def publish_agent(
             )
         ).scalar_one()
     return render_agent(row, spec, row.latest_version)
+
+
+async def get_pinned_spec(
+    db: Database, project_id: str, agent_id: str, *, published: bool
+) -> tuple[int | None, dict[str, Any] | None]:
+    """(version, spec) a new run pins: the latest, or the published one (None if none is).
+
+    (None, None) when the agent is unknown to this project.
+    """
+    async with db.read() as conn:
+        row = (await conn.execute(sa.select(agents).where(_live(project_id, agent_id)))).first()
+        if row is None:
+            return None, None
+        version = row.published_version if published else row.latest_version
+        if version is None:
+            return None, {}
+        spec = (
+            await conn.execute(
+                sa.select(agent_versions.c.spec).where(
+                    agent_versions.c.agent_id == agent_id, agent_versions.c.version == version
+                )
+            )
+        ).scalar_one()
+    return version, spec

@@ -27,22 +27,18 @@ async def _pinned_spec(
     request: Request, project: str, agent_id: str, environment: str
 ) -> tuple[int, dict[str, Any]]:
     """The agent version a new run pins: latest (playground) or published (production)."""
-    db = request.app.state.db
-    agent = await agents.get_agent(db, project, agent_id)
-    if agent is None:
+    version, spec = await agents.get_pinned_spec(
+        request.app.state.db, project, agent_id, published=environment == "production"
+    )
+    if spec is None:
         raise not_found("agent", agent_id)
-    version = agent["version"]
-    if environment == "production":
-        if agent["published_version"] is None:
-            raise APIError(
-                422,
-                f"agent {agent_id} has no published version; publish one with "
-                f"POST /v1/agents/{agent_id}/publish or use environment=playground",
-                details=[{"field": "environment", "message": "no published version"}],
-            )
-        version = agent["published_version"]
-    spec = await agents.get_agent_spec(db, agent_id, version)
-    assert spec is not None  # versions are never deleted
+    if version is None:
+        raise APIError(
+            422,
+            f"agent {agent_id} has no published version; publish one with "
+            f"POST /v1/agents/{agent_id}/publish or use environment=playground",
+            details=[{"field": "environment", "message": "no published version"}],
+        )
     return version, spec
 
 
