@@ -4,7 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench lint format clean
+CHROMIUM := /usr/bin/chromium
+
+.PHONY: run test bench lint format clean chromium
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,9 +17,23 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/agentruns serve
 
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(BIN)/ruff check .
 	$(BIN)/pytest
+
+# The dashboard's browser tests drive Debian's chromium through Playwright (which cannot
+# download a browser of its own here). Installed when missing and we are root with apt-get;
+# otherwise those tests skip and say why. CI (.ci/run) requires it.
+chromium:
+	@if [ ! -x $(CHROMIUM) ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing chromium for the browser tests"; \
+	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+	      || echo "could not install chromium: the browser tests will skip"; \
+	  else \
+	    echo "no $(CHROMIUM) (apt-get install chromium): the browser tests will skip"; \
+	  fi; \
+	fi
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench.py --quick

@@ -1,9 +1,9 @@
 """The `agentruns` command.
 
-Operator commands (`serve`, `worker`, `keys`) work on the local service and its database.
-Everything else talks to a server over HTTP through the SDK, never touching the database, so
-it works against any deployment: `--base-url` / `--api-key`, else `AGENTRUNS_BASE_URL` /
-`AGENTRUNS_API_KEY`, else the credentials `agentruns serve` saved.
+Operator commands (`serve`, `worker`, `migrate`, `keys`) work on the local service and its
+database. Everything else talks to a server over HTTP through the SDK, never touching the
+database, so it works against any deployment: `--base-url` / `--api-key`, else
+`AGENTRUNS_BASE_URL` / `AGENTRUNS_API_KEY`, else the credentials `agentruns serve` saved.
 """
 
 from __future__ import annotations
@@ -79,6 +79,13 @@ Follow = Annotated[
 AsJson = Annotated[
     bool, typer.Option("--json", help="JSON output; with --follow, one event per line.")
 ]
+Migrate = Annotated[
+    bool,
+    typer.Option(
+        "--migrate/--no-migrate",
+        help="Apply database migrations at start (--no-migrate: `agentruns migrate` did).",
+    ),
+]
 ToolHandlers = Annotated[
     list[str] | None,
     typer.Option(
@@ -143,19 +150,30 @@ def serve(
     worker: Annotated[
         bool, typer.Option("--worker/--no-worker", help="Also run a worker in this process.")
     ] = True,
+    migrate: Migrate = True,
 ) -> None:
     """Run the API server (with an embedded worker unless --no-worker)."""
     from agentruns import service
 
-    service.serve(load_settings(), host=host, port=port, with_worker=worker)
+    service.serve(load_settings(), host=host, port=port, with_worker=worker, run_migrations=migrate)
 
 
 @app.command("worker")
-def worker_command() -> None:
+def worker_command(migrate: Migrate = True) -> None:
     """Run a worker that executes queued runs."""
     from agentruns import service
 
-    service.run_worker(load_settings())
+    service.run_worker(load_settings(), run_migrations=migrate)
+
+
+@app.command("migrate")
+def migrate_command() -> None:
+    """Apply the database migrations, then exit (safe to run from several machines at once)."""
+    from agentruns import service
+
+    settings = load_settings()
+    service.migrate(settings)
+    info.print("the database schema is up to date", highlight=False)
 
 
 @keys_app.command("create")

@@ -31,6 +31,12 @@ class Settings(BaseSettings):
     poll_interval_s: float = 1.0
     max_attempts: int = 3
     shutdown_grace_s: float = 10.0
+    # Scaling out (docs/deployment.md): dead-worker detection and the PostgreSQL pool.
+    worker_dead_after_s: float = 10.0
+    db_pool_size: int = 10
+    db_max_overflow: int = 10
+    db_pool_timeout_s: float = 10.0
+    db_connect_timeout_s: float = 5.0
     max_body_bytes: int = 1024 * 1024
     auth_cache_s: float = 5.0
     delta_flush_interval_s: float = 0.05

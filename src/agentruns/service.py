@@ -1,4 +1,4 @@
-"""Process entry points: `serve` (API + embedded worker) and `worker` (a worker alone)."""
+"""Process entry points: `serve` (API + embedded worker), `worker` (a worker alone), `migrate`."""
 
 from __future__ import annotations
 
@@ -28,30 +28,39 @@ def configure_logging() -> None:
 
 async def _bootstrap_key(settings: Settings) -> str | None:
     """On a fresh database, create the default project and its first key."""
-    db = Database(settings.database_url)
+    db = Database(settings.database_url, pool_size=1, max_overflow=0)
     try:
-        if await projects.count_api_keys(db) > 0:
-            return None
-        key, _project = await projects.create_api_key(db)
-        return key
+        return await projects.create_first_api_key(db)
     finally:
         await db.close()
 
 
-def prepare_database(settings: Settings) -> str | None:
-    """Apply migrations; return a new API key if this was the first start."""
+def migrate(settings: Settings) -> None:
+    """Bring the database schema up to date.
+
+    Safe to run from several processes at once: on PostgreSQL they take turns under an
+    advisory lock, and the ones that come after find nothing left to do.
+    """
     asyncio.run(upgrade(settings.database_url))
+
+
+def prepare_database(settings: Settings, *, run_migrations: bool = True) -> str | None:
+    """Apply migrations (unless told not to); return a new API key if this was the first start."""
+    if run_migrations:
+        migrate(settings)
     return asyncio.run(_bootstrap_key(settings))
 
 
-def serve(settings: Settings, *, host: str, port: int, with_worker: bool) -> None:
+def serve(
+    settings: Settings, *, host: str, port: int, with_worker: bool, run_migrations: bool = True
+) -> None:
     """Run the API (and, unless `with_worker` is False, one worker) until interrupted."""
     from agentruns.api.app import create_app
     from agentruns.credentials import save_credentials
 
     configure_logging()
     console = Console(stderr=True)
-    key = prepare_database(settings)
+    key = prepare_database(settings, run_migrations=run_migrations)
     base_url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
     if key is not None:
         path = save_credentials(settings.state_dir, base_url=base_url, api_key=key)
@@ -98,20 +107,28 @@ def run_event_loop(main: Coroutine[Any, Any, None]) -> None:
         uvloop.run(main)
 
 
-def run_worker(settings: Settings) -> None:
+def run_worker(settings: Settings, *, run_migrations: bool = True) -> None:
     """Run a worker (and a webhook dispatcher), no HTTP, until SIGINT/SIGTERM; then drain."""
-    from agentruns.api.app import build_dispatcher, build_worker, model_http_client
+    from agentruns.api.app import (
+        build_dispatcher,
+        build_presence,
+        build_worker,
+        model_http_client,
+    )
 
     configure_logging()
-    asyncio.run(upgrade(settings.database_url))
+    if run_migrations:
+        migrate(settings)
 
     async def main() -> None:
-        db = Database(settings.database_url)
+        db = Database.from_settings(settings)
         await db.start()
+        presence = build_presence(db, settings)
+        await presence.start()
         try:
             async with model_http_client() as http:
-                worker = build_worker(db, settings, http)
-                dispatcher = build_dispatcher(db, settings)
+                worker = build_worker(db, settings, http, worker_id=presence.worker_id)
+                dispatcher = build_dispatcher(db, settings, worker_id=presence.worker_id)
 
                 def stop() -> None:
                     worker.stop()
@@ -128,6 +145,7 @@ def run_worker(settings: Settings) -> None:
                     if isinstance(outcome, BaseException):
                         raise outcome
         finally:
+            await presence.stop()  # after draining: what is left is handed back
             await db.close()
 
     run_event_loop(main())

@@ -126,6 +126,8 @@ def test_retrying_the_answer_that_resumed_the_run_is_accepted(
     api: Api, fake_model: FakeServer
 ) -> None:
     run = paused_run(api, fake_model)
+    # The resumed model call is slow, so the retry below arrives while the turn is still on.
+    fake_model.configure(first_token_delay_s=1.5)
     both = (("c1", "a"), ("c2", "b"))
     assert answer(api, run["id"], *both).json()["data"]["status"] == "queued"
     # The caller lost the reply and sends the same answers again: same result, not a 409.

@@ -314,10 +314,19 @@ def test_keys_list_and_revoke(fake_module) -> None:
 
 
 def test_serve_and_worker_hand_over_to_the_service(fake_module) -> None:
-    calls = fake_module("service", serve=None, run_worker=None)
+    calls = fake_module("service", serve=None, run_worker=None, migrate=None)
     assert invoke("serve", "--port", "9001", "--no-worker").exit_code == 0
-    assert invoke("worker").exit_code == 0
-    (serve, worker) = calls.log
+    assert invoke("worker", "--no-migrate").exit_code == 0
+    assert invoke("serve", "--no-migrate").exit_code == 0
+    assert invoke("migrate").exit_code == 0
+    (serve, worker, serve_again, migrate) = calls.log
     assert serve[0] == "serve"
-    assert serve[2] == {"host": "127.0.0.1", "port": 9001, "with_worker": False}
-    assert worker[0] == "run_worker"
+    assert serve[2] == {
+        "host": "127.0.0.1",
+        "port": 9001,
+        "with_worker": False,
+        "run_migrations": True,
+    }
+    assert worker[0] == "run_worker" and worker[2] == {"run_migrations": False}
+    assert serve_again[2]["run_migrations"] is False and serve_again[2]["with_worker"] is True
+    assert migrate[0] == "migrate" and isinstance(migrate[1][0], Settings)

@@ -7,7 +7,6 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
-import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -20,16 +19,20 @@ from agentruns.api.responses import JSONResponse
 from agentruns.api.routes import agents, bundles, events, runs, tools, webhooks
 from agentruns.config import Settings
 from agentruns.engine.executor import Executor
-from agentruns.engine.models.transport import ModelHTTPClient
+from agentruns.engine.models.transport import ModelClient, ModelHTTPClient
+from agentruns.engine.presence import Presence
 from agentruns.engine.tools import ToolRuntime
 from agentruns.engine.worker import Worker
 from agentruns.store.database import Database
+from agentruns.web import mount as mount_dashboard
 from agentruns.webhooks import Dispatcher
 
 log = logging.getLogger(__name__)
 
 
-def build_worker(db: Database, settings: Settings, http: httpx.AsyncClient) -> Worker:
+def build_worker(
+    db: Database, settings: Settings, http: ModelClient, *, worker_id: str | None = None
+) -> Worker:
     executor = Executor(
         db,
         http=http,
@@ -45,10 +48,13 @@ def build_worker(db: Database, settings: Settings, http: httpx.AsyncClient) -> W
         poll_interval_s=settings.poll_interval_s,
         max_attempts=settings.max_attempts,
         shutdown_grace_s=settings.shutdown_grace_s,
+        worker_id=worker_id,
     )
 
 
-def build_dispatcher(db: Database, settings: Settings) -> Dispatcher:
+def build_dispatcher(
+    db: Database, settings: Settings, *, worker_id: str | None = None
+) -> Dispatcher:
     """The webhook dispatcher that `serve` and every `worker` run."""
     return Dispatcher(
         db,
@@ -58,6 +64,14 @@ def build_dispatcher(db: Database, settings: Settings) -> Dispatcher:
         concurrency=settings.webhook_concurrency,
         poll_interval_s=settings.poll_interval_s,
         shutdown_grace_s=settings.shutdown_grace_s,
+        worker_id=worker_id,
+    )
+
+
+def build_presence(db: Database, settings: Settings) -> Presence:
+    """This process's entry in the workers registry, under which it claims runs and webhooks."""
+    return Presence(
+        db, dead_after_s=settings.worker_dead_after_s, max_attempts=settings.max_attempts
     )
 
 
@@ -76,18 +90,20 @@ def create_app(settings: Settings, *, with_worker: bool = False) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        db = Database(settings.database_url)
+        db = Database.from_settings(settings)
         await db.start()
         app.state.db = db
         worker_task: asyncio.Task[None] | None = None
         worker: Worker | None = None
+        presence = build_presence(db, settings)
+        await presence.start()
         # Webhooks go out from every serve process, with or without its worker.
-        dispatcher = build_dispatcher(db, settings)
+        dispatcher = build_dispatcher(db, settings, worker_id=presence.worker_id)
         dispatcher_task = asyncio.create_task(dispatcher.run(), name="webhook dispatcher")
         dispatcher_task.add_done_callback(_report_worker_exit)
         async with model_http_client() as http:
             if with_worker:
-                worker = build_worker(db, settings, http)
+                worker = build_worker(db, settings, http, worker_id=presence.worker_id)
                 worker_task = asyncio.create_task(worker.run(), name="agentruns-worker")
                 worker_task.add_done_callback(_report_worker_exit)
             try:
@@ -100,6 +116,7 @@ def create_app(settings: Settings, *, with_worker: bool = False) -> FastAPI:
                 finally:
                     dispatcher.stop()
                     await asyncio.gather(dispatcher_task, return_exceptions=True)
+                    await presence.stop()  # after draining: what is left is handed back
                     await db.close()
 
     app = FastAPI(
@@ -121,6 +138,8 @@ def create_app(settings: Settings, *, with_worker: bool = False) -> FastAPI:
     app.include_router(webhooks.router)
     app.include_router(tools.router)
     app.include_router(bundles.router)
+    # The web dashboard at `/` (docs/dashboard.md): pages and static files, no API of its own.
+    mount_dashboard(app)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> PlainTextResponse:

@@ -118,6 +118,13 @@ class ToolResponses(Strict):
         return responses
 
 
+class ToolCallClaim(Strict):
+    """`POST .../tool-calls/{id}/claim`: who runs the call's handler, and for how long."""
+
+    claimant: str = Field(min_length=1, max_length=100)
+    lease_s: float = Field(60, ge=1, le=3600)
+
+
 class ToolDefinitionIn(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
     namespace: str = Field("default", pattern=r"^[A-Za-z0-9_.-]{1,100}$")

@@ -13,6 +13,7 @@ from httpx_sse import SSEError, aconnect_sse
 
 from ._async_runner import AsyncAgentRunner, AsyncEventCallback
 from ._base import (
+    DEFAULT_CLAIM_LEASE_S,
     BaseClient,
     JSONObject,
     Pager,
@@ -31,7 +32,7 @@ from ._events import (
     next_step,
     run_outcome,
 )
-from ._runner import ANSWER_REFUSED, RunInputs, answered_elsewhere
+from ._runner import RunInputs
 from ._tools import ToolResults, ToolsMap, tool_responses
 from ._webhooks import aprocess_webhook_tools, paused_run
 from .errors import APIConnectionError, WaitTimeout
@@ -49,9 +50,12 @@ class AsyncAgentRunsClient(BaseClient):
         *,
         timeout: float = 30.0,
         reconnect: ReconnectPolicy | None = None,
+        claim_lease_s: float = DEFAULT_CLAIM_LEASE_S,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        super().__init__(base_url, api_key, timeout=timeout, reconnect=reconnect)
+        super().__init__(
+            base_url, api_key, timeout=timeout, reconnect=reconnect, claim_lease_s=claim_lease_s
+        )
         self._http = httpx.AsyncClient(transport=transport, **self._http_options())
         self.agents = AsyncAgents(self)
         self.runs = AsyncRuns(self)
@@ -203,27 +207,22 @@ class AsyncAgentRunsClient(BaseClient):
         """Answer a `run.awaiting_tool_calls` webhook: run the handlers (`tools_map`, else
         those of `set_tools`) and return the responses for `send_tool_responses`.
 
-        With `post`, the run's current `pending_tool_calls` are read first, so a delivery
-        that comes again (webhooks retry) runs no handler twice, and the responses are
-        posted too.
+        With `post`, the run's current `pending_tool_calls` are read first and each call is
+        claimed on the server before its handler runs, so a delivery that comes again
+        (webhooks retry), even while the first one is still running, or another process
+        attached to the run, runs no handler twice; the outputs are posted as each handler
+        returns, and only the calls run here are returned.
         """
         tools = self._tools_for(tools_map) if tools_map is not None else self._local_tools
         run = paused_run(payload)
         if run is None:
             return []
-        if post:
-            run = await self.runs.get(str(run["id"]))
-        responses = await aprocess_webhook_tools(
-            run, tools, raise_on_tool_error=raise_on_tool_error
-        )
-        if post and responses:
-            try:
-                await self.send_tool_responses(run.get("agent_id"), str(run["id"]), responses)
-            except ANSWER_REFUSED:
-                now = await self.runs.get(str(run["id"]))
-                if any(not answered_elsewhere(now, r["tool_call_id"]) for r in responses):
-                    raise
-        return responses
+        if not post:
+            return await aprocess_webhook_tools(run, tools, raise_on_tool_error=raise_on_tool_error)
+        runner = AsyncAgentRunner(self, tools, raise_on_tool_error=raise_on_tool_error)
+        run = await runner._get(str(run["id"]))
+        outputs, _held = await runner.answer_turn(run, runner.ledger.fresh(run))
+        return tool_responses({call.id: output for call, output in outputs})
 
     async def _send(
         self,

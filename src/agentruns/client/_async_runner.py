@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import aclosing
+from functools import partial
 from typing import TYPE_CHECKING, TypeVar
 
 from ._base import JSONObject, path
+from ._claims import (
+    CLAIM_REFUSED,
+    RELEASE_LEASE_S,
+    HeldBackoff,
+    claim_request,
+    held_by_another,
+    log_renewal_failure,
+    new_claimant,
+)
 from ._events import RunEvent, run_outcome
 from ._runner import (
     ANSWER_REFUSED,
@@ -19,7 +30,7 @@ from ._runner import (
     RunInputs,
     answered_elsewhere,
 )
-from ._tools import LocalTool, ToolCall, run_calls
+from ._tools import LocalTool, ToolCall, require_handlers, run_calls
 from .errors import WaitTimeout
 
 if TYPE_CHECKING:
@@ -50,6 +61,8 @@ class AsyncAgentRunner:
         self.on_event = on_event
         self.timeout = timeout
         self.ledger = CallLedger()
+        self.claimant = new_claimant()
+        self.lease_s = client.claim_lease_s
 
     async def start(
         self, agent_id: str, inputs: RunInputs, *, idempotency_key: str | None = None
@@ -101,16 +114,96 @@ class AsyncAgentRunner:
                 await result
 
     async def _answer(self, run: JSONObject) -> None:
-        calls = self.ledger.take(run)
-        if calls:
-            await run_calls(
-                calls,
-                self.tools,
-                str(run.get("agent_id")),
-                str(run["id"]),
-                raise_on_error=self.raise_on_tool_error,
-                on_output=lambda call, output: self._post(str(run["id"]), call, output),
-            )
+        """Answer what the run waits for; calls another process holds are tried again until
+        they are answered (a process that died leaves its calls to us once its lease ends)."""
+        held = self.ledger.fresh(run)
+        backoff = HeldBackoff()
+        while held:
+            _outputs, held = await self.answer_turn(run, held)
+            if held:
+                await asyncio.sleep(backoff.delay())
+
+    async def answer_turn(
+        self, run: JSONObject, calls: Sequence[ToolCall]
+    ) -> tuple[list[tuple[ToolCall, str]], list[ToolCall]]:
+        """Claim `calls`, run and answer those claimed; (the outputs, the calls held by another)."""
+        run_id, agent_id = str(run["id"]), str(run.get("agent_id"))
+        # Before any claim: a call with no handler must leave the turn unclaimed for whoever
+        # re-attaches with the handler.
+        require_handlers(run_id, calls, self.tools)
+        mine, held = await self._claim(run_id, calls)
+        if not mine:
+            return [], held
+        running = {call.id for call in mine}
+
+        async def answer(call: ToolCall, output: str) -> None:
+            await self._post(run_id, call, output)
+            running.discard(call.id)
+
+        try:
+            async with self._renewing(run_id, running):
+                outputs = await run_calls(
+                    mine,
+                    self.tools,
+                    agent_id,
+                    run_id,
+                    raise_on_error=self.raise_on_tool_error,
+                    on_output=answer,
+                )
+        except Exception:
+            # A handler raised (`raise_on_tool_error`): its call is free for a re-attach.
+            # Only now, with the renewals stopped, or one of them would take it back.
+            await self._release(run_id, running)
+            raise
+        return outputs, held
+
+    async def _claim(
+        self, run_id: str, calls: Sequence[ToolCall]
+    ) -> tuple[list[ToolCall], list[ToolCall]]:
+        """(the calls claimed, the calls another claimant holds); the rest need nobody."""
+        mine: list[ToolCall] = []
+        held: list[ToolCall] = []
+        for call in calls:
+            # Safe to send again: a re-claim by the same claimant only moves its lease.
+            url, body = claim_request(run_id, call.id, self.claimant, self.lease_s)
+            try:
+                await self._retrying(partial(self.client._request, "POST", url, json=body))
+            except CLAIM_REFUSED as exc:
+                if held_by_another(exc):
+                    held.append(call)
+                    continue
+            else:
+                mine.append(call)
+            self.ledger.take(call)
+        return mine, held
+
+    @contextlib.asynccontextmanager
+    async def _renewing(self, run_id: str, running: set[str]) -> AsyncIterator[None]:
+        """Keep the claims on `running` (the calls not answered yet) while the body runs."""
+        renewer = asyncio.create_task(self._renew(run_id, running))
+        try:
+            yield
+        finally:
+            renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewer
+
+    async def _renew(self, run_id: str, running: set[str]) -> None:
+        while True:
+            await asyncio.sleep(self.lease_s / 3)
+            for call_id in sorted(running):
+                url, body = claim_request(run_id, call_id, self.claimant, self.lease_s)
+                try:
+                    await self.client._request("POST", url, json=body)
+                except Exception as exc:  # best effort: the next renewal may get through
+                    log_renewal_failure(run_id, call_id, exc)
+
+    async def _release(self, run_id: str, running: set[str]) -> None:
+        """Cut the claims on calls left unanswered down to the shortest lease."""
+        for call_id in sorted(running):
+            url, body = claim_request(run_id, call_id, self.claimant, RELEASE_LEASE_S)
+            with contextlib.suppress(Exception):
+                await self.client._request("POST", url, json=body)
 
     async def _post(self, run_id: str, call: ToolCall, output: str) -> None:
         # One call per request, sent as soon as its handler returns: a process that dies
@@ -118,7 +211,7 @@ class AsyncAgentRunner:
         body = {"tool_responses": [{"tool_call_id": call.id, "output": output}]}
         url = path("agent-runs", run_id, "tool-responses")
         try:
-            await self._retrying(lambda: self.client._request("POST", url, json=body))
+            await self._retrying(partial(self.client._request, "POST", url, json=body))
         except ANSWER_REFUSED:
             if not answered_elsewhere(await self._get(run_id), call.id):
                 raise

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_BASE_URL",
+    "DEFAULT_CLAIM_LEASE_S",
     "ENV_API_KEY",
     "ENV_BASE_URL",
     "BaseClient",
@@ -40,6 +41,11 @@ MAX_PAGE_SIZE = 100
 STREAM_READ_TIMEOUT = 60.0
 
 JSONObject = dict[str, Any]
+
+# A claim on a tool call (see `_claims`): long enough for most handlers even without a
+# renewal, and renewed every third of it anyway. The bounds are the server's.
+DEFAULT_CLAIM_LEASE_S = 120.0
+MIN_CLAIM_LEASE_S, MAX_CLAIM_LEASE_S = 1.0, 3600.0
 
 
 def resolve_connection(base_url: str | None, api_key: str | None) -> tuple[str, str | None]:
@@ -161,10 +167,15 @@ class BaseClient:
         *,
         timeout: float,
         reconnect: ReconnectPolicy | None,
+        claim_lease_s: float = DEFAULT_CLAIM_LEASE_S,
     ) -> None:
         self.base_url, self.api_key = resolve_connection(base_url, api_key)
         self.timeout = timeout
         self.reconnect = reconnect or ReconnectPolicy()
+        # How long a claim on a tool call outlives this process if it dies mid-handler.
+        if not MIN_CLAIM_LEASE_S <= claim_lease_s <= MAX_CLAIM_LEASE_S:
+            raise ValueError("claim_lease_s must be between 1 and 3600 seconds")
+        self.claim_lease_s = float(claim_lease_s)
         self._local_tools: dict[str, LocalTool] = {}
 
     def set_tools(self, tools: ToolsMap) -> None:

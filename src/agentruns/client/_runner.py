@@ -4,7 +4,8 @@ The rules that make a run with client-side tools safe to follow, drop and re-att
 - The run's current `pending_tool_calls` (a GET) decides what to answer, never an event: an
   event may be a replay of a turn answered long ago, by this process or another one.
 - A runner takes each call id once, before its handler runs, so no reconnect or replay calls
-  a handler twice.
+  a handler twice; and it claims the call on the server first, so no other process runs it
+  at the same time (see `_claims`).
 - A 409 or 422 on posting an answer means the call was answered elsewhere (another process,
   or the run moved on) when the run no longer lists it as pending; only then is it ignored.
 - Every request the runner makes is safe to repeat (GETs, identical tool responses, run
@@ -83,7 +84,8 @@ class RunInputs:
 
 
 class CallLedger:
-    """The tool call ids a runner has taken on: each is handed to a handler at most once."""
+    """The tool call ids a runner is done with: claimed (so handed to a handler, at most
+    once) or found answered. A call another process holds is not taken: it is tried again."""
 
     def __init__(self) -> None:
         self.taken: set[str] = set()
@@ -93,14 +95,15 @@ class CallLedger:
         calls = event.data.get("tool_calls") or []
         return any(str(call.get("id")) not in self.taken for call in calls)
 
-    def take(self, run: Mapping[str, Any]) -> list[ToolCall]:
-        """The calls the run waits for now that nobody here has taken yet; marks them taken."""
+    def fresh(self, run: Mapping[str, Any]) -> list[ToolCall]:
+        """The calls the run waits for now that this runner has not taken."""
         if run.get("status") != "awaiting_tool_calls":
             return []
         calls = [ToolCall.from_dict(call) for call in run.get("pending_tool_calls") or []]
-        fresh = [call for call in calls if call.id not in self.taken]
-        self.taken.update(call.id for call in fresh)
-        return fresh
+        return [call for call in calls if call.id not in self.taken]
+
+    def take(self, call: ToolCall) -> None:
+        self.taken.add(call.id)
 
 
 def answered_elsewhere(run: Mapping[str, Any], call_id: str) -> bool:

@@ -12,6 +12,7 @@ import httpx
 from httpx_sse import SSEError, connect_sse
 
 from ._base import (
+    DEFAULT_CLAIM_LEASE_S,
     STREAM_READ_TIMEOUT,
     BaseClient,
     JSONObject,
@@ -32,7 +33,7 @@ from ._events import (
     next_step,
     run_outcome,
 )
-from ._runner import ANSWER_REFUSED, RunInputs, answered_elsewhere
+from ._runner import RunInputs
 from ._sync_runner import EventCallback, SyncAgentRunner
 from ._tools import ToolResults, ToolsMap, tool_responses
 from ._webhooks import paused_run, process_webhook_tools
@@ -45,8 +46,9 @@ class AgentRunsClient(BaseClient):
     """Synchronous client of an agentruns server.
 
     `base_url` and `api_key` default to `AGENTRUNS_BASE_URL` / `AGENTRUNS_API_KEY`, then to
-    the credentials `agentruns serve` saved, then to a local server. `transport` replaces
-    the network (tests pass an `httpx.MockTransport`).
+    the credentials `agentruns serve` saved, then to a local server. `claim_lease_s` is how
+    long a claim on a tool call (renewed while its handler runs) outlives a process that dies
+    mid-handler. `transport` replaces the network (tests pass an `httpx.MockTransport`).
     """
 
     def __init__(
@@ -56,9 +58,12 @@ class AgentRunsClient(BaseClient):
         *,
         timeout: float = 30.0,
         reconnect: ReconnectPolicy | None = None,
+        claim_lease_s: float = DEFAULT_CLAIM_LEASE_S,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        super().__init__(base_url, api_key, timeout=timeout, reconnect=reconnect)
+        super().__init__(
+            base_url, api_key, timeout=timeout, reconnect=reconnect, claim_lease_s=claim_lease_s
+        )
         self._http = httpx.Client(transport=transport, **self._http_options())
         self.agents = Agents(self)
         self.runs = Runs(self)
@@ -198,25 +203,22 @@ class AgentRunsClient(BaseClient):
         """Answer a `run.awaiting_tool_calls` webhook: run the handlers (`tools_map`, else
         those of `set_tools`) and return the responses for `send_tool_responses`.
 
-        With `post`, the run's current `pending_tool_calls` are read first, so a delivery
-        that comes again (webhooks retry) runs no handler twice, and the responses are
-        posted too.
+        With `post`, the run's current `pending_tool_calls` are read first and each call is
+        claimed on the server before its handler runs, so a delivery that comes again
+        (webhooks retry), even while the first one is still running, or another process
+        attached to the run, runs no handler twice; the outputs are posted as each handler
+        returns, and only the calls run here are returned.
         """
         tools = self._tools_for(tools_map) if tools_map is not None else self._local_tools
         run = paused_run(payload)
         if run is None:
             return []
-        if post:
-            run = self.runs.get(str(run["id"]))
-        responses = process_webhook_tools(run, tools, raise_on_tool_error=raise_on_tool_error)
-        if post and responses:
-            try:
-                self.send_tool_responses(run.get("agent_id"), str(run["id"]), responses)
-            except ANSWER_REFUSED:
-                now = self.runs.get(str(run["id"]))
-                if any(not answered_elsewhere(now, r["tool_call_id"]) for r in responses):
-                    raise
-        return responses
+        if not post:
+            return process_webhook_tools(run, tools, raise_on_tool_error=raise_on_tool_error)
+        runner = SyncAgentRunner(self, tools, raise_on_tool_error=raise_on_tool_error)
+        run = runner._get(str(run["id"]))
+        outputs, _held = runner.answer_turn(run, runner.ledger.fresh(run))
+        return tool_responses({call.id: output for call, output in outputs})
 
     def _send(
         self,

@@ -4,6 +4,10 @@ For integrations that cannot hold an event stream open: the server POSTs
 `{"type": "run.awaiting_tool_calls", "data": <run>}` to the run's `callback_url`; the
 receiver runs its handlers and posts the outputs with `send_tool_responses`. Verify the
 delivery's signature first (Standard Webhooks; the `standardwebhooks` package does it).
+
+These functions have no client, so they cannot claim calls on the server: every call of the
+payload runs, and a retried delivery runs its handlers again (at least once). The client's
+`process_webhook_tools(payload, post=True)` claims each call first and runs it once.
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ from agentruns.engine.tools import (
 )
 from agentruns.engine.tools.arguments import InvalidArguments, parse_arguments
 from agentruns.engine.tools.bundles import DEFAULT_BUNDLE
-from agentruns.errors import LeaseLost, ModelError, ToolError
+from agentruns.errors import LeaseLost, ModelError, StoreError, ToolError
 from agentruns.store import agents, bundles, events, messages, tool_registry
 from agentruns.store.clock import now
 from agentruns.store.database import Database
@@ -119,6 +119,9 @@ class Executor:
                 await self._loop(progress, spec, row.project_id, row.bundle)
         except LeaseLost:
             log.info("run %s: lease lost (cancelled or taken over)", lease.run_id)
+        except StoreError:
+            # A database blip is not the run's failure: the worker hands the run back.
+            raise
         except TimeoutError:
             await self._fail(
                 progress, "timeout", f"the run exceeded its timeout_s ({row.timeout_s:g} s)"

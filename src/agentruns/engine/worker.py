@@ -3,6 +3,10 @@
 Notifications only wake the claim loop early; polling every
 `poll_interval_s` is the safety net. On shutdown the worker stops claiming,
 lets running runs finish for a grace period, then hands the rest back.
+
+A database failure in the middle of a run (a dropped connection, a server
+restart) is not the run's fault: the worker gives the run up and hands it back
+to the queue, and whoever claims it next resumes from the last committed step.
 """
 
 from __future__ import annotations
@@ -10,20 +14,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import socket
-import uuid
 
 from agentruns.engine.executor import Executor
+from agentruns.engine.presence import make_worker_id
+from agentruns.errors import StoreError
 from agentruns.store import queue, tool_calls
 from agentruns.store.database import Database
 from agentruns.store.queue import Lease
 
 log = logging.getLogger(__name__)
 
-
-def make_worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+__all__ = ["Worker", "make_worker_id"]
 
 
 class Worker:
@@ -116,10 +117,33 @@ class Worker:
                 await self.executor.execute(lease, row)
         except asyncio.CancelledError:
             log.info("run %s: execution cancelled", lease.run_id)
+        except StoreError as exc:
+            log.warning("run %s: the database failed (%s); handing it back", lease.run_id, exc)
+            await self._hand_back(lease)
         except Exception:
             log.exception("run %s: executor crashed", lease.run_id)
         finally:
             self._running.pop(lease.token, None)
+
+    async def _hand_back(self, lease: Lease) -> None:
+        """Return the run to the queue, retrying while the database comes back.
+
+        The lease stays ours meanwhile (the heartbeat keeps extending it); if the database
+        stays away longer than a lease, the lease expires and any worker re-queues the run.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.lease_s
+        delay = 0.1
+        while True:
+            try:
+                await queue.release_lease(self.db, lease)
+                return
+            except StoreError:
+                if loop.time() + delay > deadline:
+                    log.warning("run %s: cannot hand it back; its lease will expire", lease.run_id)
+                    return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
 
     async def _heartbeat_loop(self) -> None:
         while True:
@@ -146,7 +170,7 @@ class Worker:
                     log.info("%d runs waited too long for tool responses", count)
             except Exception:
                 log.warning("reaper failed", exc_info=True)
-            await asyncio.sleep(max(self.lease_s / 2, self.poll_interval_s))
+            await asyncio.sleep(self.lease_s / 2)
 
     async def _drain(self) -> None:
         if not self._running:

@@ -12,7 +12,7 @@ import contextlib
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import sqlalchemy as sa
@@ -27,6 +27,28 @@ from agentruns.store.notify import (
     RunEvent,
 )
 from agentruns.store.sqlite import SQLiteConnections
+
+if TYPE_CHECKING:
+    from agentruns.config import Settings
+
+# SQLSTATE classes of failures that say nothing about the statement: the connection broke
+# (08), the server is shutting down or starting (57), it is out of connections (53), or the
+# transaction lost a lock race (40). The caller may try again; constraint errors still pass.
+_TRANSIENT_SQLSTATE_CLASSES = frozenset({"08", "57", "53", "40"})
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a database error is about reaching the database rather than the statement."""
+    if isinstance(exc, OSError | sa.exc.TimeoutError):  # refused, reset, pool exhausted
+        return True
+    if not isinstance(exc, sa.exc.DBAPIError):
+        return False
+    if exc.connection_invalidated or isinstance(
+        exc, sa.exc.OperationalError | sa.exc.InterfaceError
+    ):
+        return True
+    sqlstate = getattr(exc.orig, "sqlstate", None) or ""
+    return sqlstate[:2] in _TRANSIENT_SQLSTATE_CLASSES
 
 
 def normalize_url(url: str) -> str:
@@ -79,14 +101,33 @@ class Tx:
         self.queue_changed = True
 
 
-class Database:
-    """One per process: owns the connections and the in-process notifier."""
+def _reason(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None)
+    return f"{type(orig or exc).__name__}: {orig or exc}"
 
-    def __init__(self, url: str, *, pool_size: int = 10) -> None:
+
+class Database:
+    """One per process: owns the connections and the in-process notifier.
+
+    On PostgreSQL, `pool_size` connections are kept open and up to `max_overflow` more are
+    opened under load; a caller waits at most `pool_timeout_s` for one, and opening one
+    gives up after `connect_timeout_s`. Both then raise `StoreError` (the API answers 503).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_size: int = 10,
+        max_overflow: int = 10,
+        pool_timeout_s: float = 10.0,
+        connect_timeout_s: float = 5.0,
+    ) -> None:
         self.url = normalize_url(url)
         self.is_sqlite = self.url.startswith("sqlite")
         self.is_postgres = self.url.startswith("postgresql")
         self.notifier = Notifier()
+        self.connect_timeout_s = connect_timeout_s
         self._listener: PostgresListener | None = None
         self._sqlite: SQLiteConnections | None = None
         self.engine: AsyncEngine | None = None
@@ -103,15 +144,32 @@ class Database:
                 json_serializer=_dumps,
                 json_deserializer=orjson.loads,
                 pool_size=pool_size,
-                max_overflow=pool_size,
+                max_overflow=max_overflow,
+                pool_timeout=pool_timeout_s,
+                # A restarted server leaves dead connections in the pool: test each one as it
+                # is checked out and replace it, instead of failing the request that drew it.
                 pool_pre_ping=True,
+                connect_args={"timeout": connect_timeout_s},
             )
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Database:
+        """The database and pool the settings describe."""
+        return cls(
+            settings.database_url,
+            pool_size=settings.db_pool_size,
+            max_overflow=settings.db_max_overflow,
+            pool_timeout_s=settings.db_pool_timeout_s,
+            connect_timeout_s=settings.db_connect_timeout_s,
+        )
 
     async def start(self) -> None:
         """Start relaying other processes' notifications (PostgreSQL only)."""
         if self.is_postgres and self._listener is None:
             dsn = self.url.replace("postgresql+asyncpg://", "postgresql://", 1)
-            self._listener = PostgresListener(dsn, self.notifier)
+            self._listener = PostgresListener(
+                dsn, self.notifier, connect_timeout_s=self.connect_timeout_s
+            )
             self._listener.start()
 
     async def close(self) -> None:
@@ -131,17 +189,22 @@ class Database:
             return
         assert self.engine is not None
         try:
-            conn = await self.engine.connect()
-        except (OSError, sa.exc.DBAPIError) as exc:
-            raise StoreError(f"cannot reach the database: {exc}") from exc
+            pg_conn = await self.engine.connect()
+        except (OSError, sa.exc.DBAPIError, sa.exc.TimeoutError) as exc:
+            raise StoreError(f"cannot reach the database: {_reason(exc)}") from exc
         try:
-            async with conn.begin():
-                yield conn
-        except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
-            # Lost connections, lock timeouts: the caller may retry; constraint errors pass.
-            raise StoreError(f"the database failed: {exc.orig or exc}") from exc
+            async with pg_conn.begin():
+                yield pg_conn
+        except (OSError, sa.exc.DBAPIError) as exc:
+            # Lost connections, a server restart, lock timeouts: the caller may retry.
+            # Errors about the statement itself (constraints, bad SQL) pass unchanged.
+            if not is_transient(exc):
+                raise
+            raise StoreError(f"the database failed: {_reason(exc)}") from exc
         finally:
-            await conn.close()
+            with contextlib.suppress(OSError, sa.exc.DBAPIError):
+                # Returning a broken connection to the pool may fail too; the pool drops it.
+                await pg_conn.close()
 
     @contextlib.asynccontextmanager
     async def write(self) -> AsyncIterator[Tx]:

@@ -73,6 +73,13 @@ class Notifier:
         for waiter in self._queue_waiters:
             waiter.set()
 
+    def wake_all(self) -> None:
+        """Wake every reader and the claimers: notifications may have been missed."""
+        for watches in self._run_waiters.values():
+            for watch in watches:
+                watch.notify(None)
+        self.queue_changed()
+
     @contextlib.contextmanager
     def watch_run(self, run_id: str) -> Iterator[RunWatch]:
         """Yield a `RunWatch` woken whenever the run gets a new event."""
@@ -111,12 +118,30 @@ class Notifier:
 
 
 class PostgresListener:
-    """Relays NOTIFY from other processes into a local `Notifier` (reconnecting)."""
+    """Relays NOTIFY from other processes into a local `Notifier`, reconnecting when dropped.
 
-    def __init__(self, dsn: str, notifier: Notifier) -> None:
+    The connection is its own (LISTEN needs a session that stays open, which a pooled
+    connection is not). A server restart closes it and we notice at once; a connection that
+    died silently (a vanished host, a NAT timeout) is found by a periodic `SELECT 1`.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        notifier: Notifier,
+        *,
+        connect_timeout_s: float = 5.0,
+        check_interval_s: float = 10.0,
+        max_backoff_s: float = 5.0,
+    ) -> None:
         self._dsn = dsn
         self._notifier = notifier
+        self._connect_timeout_s = connect_timeout_s
+        self._check_interval_s = check_interval_s
+        self._max_backoff_s = max_backoff_s
         self._task: asyncio.Task[None] | None = None
+        self.connected = asyncio.Event()
+        self.connections = 0  # how many times it has (re)connected, for tests and logs
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._listen(), name="agentruns-pg-listener")
@@ -135,23 +160,43 @@ class PostgresListener:
             self._notifier.run_changed(run_id, event_type)
 
     async def _listen(self) -> None:
-        import asyncpg
-
+        backoff = 0.1
         while True:
             try:
-                conn = await asyncpg.connect(self._dsn)
-                closed = asyncio.Event()
-                conn.add_termination_listener(lambda _conn, done=closed: done.set())
-                try:
-                    await conn.add_listener(EVENTS_CHANNEL, self._on_notification)
-                    await conn.add_listener(QUEUE_CHANNEL, self._on_notification)
-                    # Anything missed while disconnected is found by the pollers.
-                    self._notifier.queue_changed()
-                    await closed.wait()
-                finally:
-                    await conn.close()
+                await self._session()
+                backoff = 0.1  # it was up; the next reconnect starts fast again
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.warning("lost the PostgreSQL LISTEN connection; reconnecting", exc_info=True)
-                await asyncio.sleep(1)
+            except Exception as exc:
+                log.warning("PostgreSQL LISTEN connection lost (%s); reconnecting", exc)
+            finally:
+                self.connected.clear()
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, self._max_backoff_s)
+
+    async def _session(self) -> None:
+        """One connection's life: listen until it drops."""
+        import asyncpg
+
+        conn = await asyncpg.connect(
+            self._dsn,
+            timeout=self._connect_timeout_s,
+            server_settings={"application_name": "agentruns-listener"},
+        )
+        closed = asyncio.Event()
+        conn.add_termination_listener(lambda _conn: closed.set())
+        try:
+            await conn.add_listener(EVENTS_CHANNEL, self._on_notification)
+            await conn.add_listener(QUEUE_CHANNEL, self._on_notification)
+            self.connections += 1
+            self.connected.set()
+            # Anything committed while we were away is found by re-reading: wake everyone.
+            self._notifier.wake_all()
+            while not conn.is_closed():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(closed.wait(), self._check_interval_s)
+                if not conn.is_closed():
+                    await conn.fetchval("SELECT 1", timeout=self._connect_timeout_s)
+            raise ConnectionError("the server closed the connection")
+        finally:
+            conn.terminate()

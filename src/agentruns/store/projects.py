@@ -32,18 +32,42 @@ async def ensure_project(tx: Tx, name: str) -> str:
 
 async def create_api_key(db: Database, project: str | None = None) -> tuple[str, str]:
     """Create a key for `project` (default project if None); return (key, project_id)."""
-    key = KEY_PREFIX + secrets.token_urlsafe(32)
     async with db.write() as tx:
-        project_id = await ensure_project(tx, project or DEFAULT_PROJECT)
-        await tx.conn.execute(
-            api_keys.insert().values(
-                id=new_id(),
-                project_id=project_id,
-                prefix=key[:10],
-                key_hash=hash_key(key),
-                created_at=now(),
-            )
+        return await _insert_key(tx, project or DEFAULT_PROJECT)
+
+
+async def create_first_api_key(db: Database) -> str | None:
+    """A key for the default project if the database has no key yet, else None.
+
+    Several `serve` processes may start together on a fresh database: exactly one of them
+    creates the key (PostgreSQL: under an advisory lock; SQLite: the write lock).
+    """
+    async with db.write() as tx:
+        if tx.is_postgres:
+            await tx.conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_FIRST_KEY_LOCK)))
+        count = (await tx.conn.execute(sa.select(sa.func.count()).select_from(api_keys))).scalar()
+        if count:
+            return None
+        key, _project_id = await _insert_key(tx, DEFAULT_PROJECT)
+    return key
+
+
+# Any constant distinct from the migrations' lock (store/migrations/env.py).
+_FIRST_KEY_LOCK = 727275
+
+
+async def _insert_key(tx: Tx, project: str) -> tuple[str, str]:
+    key = KEY_PREFIX + secrets.token_urlsafe(32)
+    project_id = await ensure_project(tx, project)
+    await tx.conn.execute(
+        api_keys.insert().values(
+            id=new_id(),
+            project_id=project_id,
+            prefix=key[:10],
+            key_hash=hash_key(key),
+            created_at=now(),
         )
+    )
     return key, project_id
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from agentruns.store.clock import new_id, now
-from agentruns.store.database import Database
+from agentruns.store.database import Database, Tx
 from agentruns.store.events import last_event_type
 from agentruns.store.tables import runs
 from agentruns.store.transitions import status_events, update_run
@@ -110,48 +110,67 @@ async def _requeue_events(tx: Any, run_id: str) -> list[Any]:
 async def requeue_expired_leases(db: Database, max_attempts: int, *, limit: int = 100) -> int:
     """Put runs whose worker died back in the queue, or fail them after `max_attempts`."""
     ts = now()
-    expired = (
-        sa.select(runs.c.id, runs.c.attempts, runs.c.results)
-        .where(runs.c.status == "in_progress", runs.c.lease_until < ts)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-    )
+    expired = [runs.c.status == "in_progress", runs.c.lease_until < ts]
     async with db.read() as conn:
         # Most passes find nothing: don't take the write lock for that.
-        probe = sa.select(runs.c.id).where(runs.c.status == "in_progress", runs.c.lease_until < ts)
-        if (await conn.execute(probe.limit(1))).first() is None:
+        if (await conn.execute(sa.select(runs.c.id).where(*expired).limit(1))).first() is None:
             return 0
-    count = 0
     async with db.write() as tx:
-        for row in list(await tx.conn.execute(expired)):
-            still_expired = [runs.c.status == "in_progress", runs.c.lease_until < ts]
-            release = {"worker_id": None, "lease_token": None, "lease_until": None}
-            if row.attempts >= max_attempts:
-                error = {
-                    "type": "worker_lost",
-                    "message": f"the run lost its worker {row.attempts} times; giving up",
-                }
-                await update_run(
-                    tx,
-                    row.id,
-                    {
-                        **release,
-                        "status": "failed",
-                        "error": error,
-                        "results": [*row.results, {"type": "error", "error": error}],
-                        "completed_at": ts,
-                        "turn_deadline": None,
-                    },
-                    where=still_expired,
-                    events=status_events("failed"),
-                )
-            else:
-                await update_run(
-                    tx,
-                    row.id,
-                    {**release, "status": "queued", "queued_at": ts},
-                    where=still_expired,
-                    events=await _requeue_events(tx, row.id),
-                )
-            count += 1
+        return await requeue_lost_runs(tx, expired, max_attempts, limit=limit, skip_locked=True)
+
+
+async def requeue_lost_runs(
+    tx: Tx,
+    lost: list[sa.ColumnElement[bool]],
+    max_attempts: int,
+    *,
+    limit: int = 100,
+    skip_locked: bool = False,
+) -> int:
+    """Re-queue the in-progress runs matching `lost` (their worker is gone); how many.
+
+    The attempt the lost worker made counts: after `max_attempts` the run fails with
+    `worker_lost`. Readers of a partial message are told to drop it.
+    """
+    ts = now()
+    found = (
+        sa.select(runs.c.id, runs.c.attempts, runs.c.results)
+        .where(*lost)
+        .order_by(runs.c.id)
+        .limit(limit)
+        # The expiry reaper skips rows another writer holds (it comes back later); the
+        # dead-worker reaper waits for them, since it deletes the worker row afterwards.
+        .with_for_update(skip_locked=skip_locked)
+    )
+    count = 0
+    for row in list(await tx.conn.execute(found)):
+        release = {"worker_id": None, "lease_token": None, "lease_until": None}
+        if row.attempts >= max_attempts:
+            error = {
+                "type": "worker_lost",
+                "message": f"the run lost its worker {row.attempts} times; giving up",
+            }
+            changed = await update_run(
+                tx,
+                row.id,
+                {
+                    **release,
+                    "status": "failed",
+                    "error": error,
+                    "results": [*row.results, {"type": "error", "error": error}],
+                    "completed_at": ts,
+                    "turn_deadline": None,
+                },
+                where=lost,
+                events=status_events("failed"),
+            )
+        else:
+            changed = await update_run(
+                tx,
+                row.id,
+                {**release, "status": "queued", "queued_at": ts},
+                where=lost,
+                events=await _requeue_events(tx, row.id),
+            )
+        count += changed is not None
     return count

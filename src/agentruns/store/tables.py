@@ -179,6 +179,8 @@ webhook_deliveries = sa.Table(
     sa.Column("created_at", Time, nullable=False),
     sa.Column("updated_at", Time, nullable=False),
     sa.Column("finished_at", Time),
+    # The worker whose dispatcher holds the attempt in flight (see `workers` below).
+    sa.Column("worker_id", sa.String(64)),
     sa.Index("ix_webhook_deliveries_next_attempt", "next_attempt_at"),
     sa.Index("ix_webhook_deliveries_run", "run_id", "created_at"),
 )
@@ -206,4 +208,16 @@ bundles = sa.Table(
     sa.Column("tools", JSON, nullable=False),
     sa.Column("created_at", Time, nullable=False),
     sa.Column("updated_at", Time, nullable=False),
+)
+
+# Every live `serve` and `worker` process, heartbeating. A row whose heartbeat is older than
+# AGENTRUNS_WORKER_DEAD_AFTER_S belongs to a dead process: what it held is handed back.
+workers = sa.Table(
+    "workers",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("hostname", sa.String(255), nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("started_at", Time, nullable=False),
+    sa.Column("heartbeat_at", Time, nullable=False),
 )

@@ -1,4 +1,9 @@
-"""Client-side tool calls: answers posted by the caller, and the deadline of a paused run."""
+"""Client-side tool calls: claims and answers posted by callers, and the deadline of a paused run.
+
+A claim lives inside its entry of the run's `pending_tool_calls` (`"claim": {"by", "until"}`),
+so it is written under the same row lock as the answers and vanishes with the entry when the
+call is answered; `render_run` leaves it out of the run object.
+"""
 
 from __future__ import annotations
 
@@ -11,13 +16,22 @@ from agentruns.store.database import Database
 from agentruns.store.messages import append_messages, next_position
 from agentruns.store.runs import StateConflict
 from agentruns.store.tables import run_messages, runs
-from agentruns.store.transitions import render_run, status_events, update_run
+from agentruns.store.transitions import CLAIM_KEY, render_run, status_events, update_run
 
 TIMEOUT_ERROR = "tool_response_timeout"
 
 
 class UnknownToolCall(ValueError):
     """A response names a tool call id the run is not waiting for."""
+
+
+class ClaimRefused(StateConflict):
+    """A claim the caller cannot have: `reason` is `claimed`, `answered` or `not_waiting`."""
+
+    def __init__(self, reason: str, message: str, *, claimed_until: float | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.claimed_until = claimed_until
 
 
 async def _answered_calls(conn: Any, run_id: str) -> tuple[list[dict[str, Any]], dict[str, str]]:
@@ -56,13 +70,7 @@ async def submit_tool_responses(
     `UnknownToolCall`, a different output for an answered call `StateConflict`.
     """
     async with db.write() as tx:
-        row = (
-            await tx.conn.execute(
-                sa.select(runs)
-                .where(runs.c.id == run_id, runs.c.project_id == project_id)
-                .with_for_update()
-            )
-        ).first()
+        row = await _locked_run(tx, project_id, run_id)
         if row is None:
             return None
         if row.status != "awaiting_tool_calls":
@@ -122,6 +130,57 @@ async def submit_tool_responses(
             events.extend(status_events("queued"))
         updated = await update_run(tx, run_id, values, events=events)
     return render_run(updated)
+
+
+async def _locked_run(tx: Any, project_id: str, run_id: str) -> Any | None:
+    """The run's row, locked until the transaction ends (SQLite: the write lock already is)."""
+    statement = (
+        sa.select(runs)
+        .where(runs.c.id == run_id, runs.c.project_id == project_id)
+        .with_for_update()
+    )
+    return (await tx.conn.execute(statement)).first()
+
+
+async def claim_tool_call(
+    db: Database, project_id: str, run_id: str, call_id: str, claimant: str, lease_s: float
+) -> dict[str, Any] | None:
+    """Give `claimant` the pending call until `lease_s` from now; None if there is no such run.
+
+    Taken when unclaimed, expired, or already the claimant's (which extends it). Raises
+    `UnknownToolCall` for an id that is neither pending nor answered in the last turn, and
+    `ClaimRefused` otherwise; nothing is written then.
+    """
+    async with db.write() as tx:
+        row = await _locked_run(tx, project_id, run_id)
+        if row is None:
+            return None
+        if row.status != "awaiting_tool_calls":
+            raise ClaimRefused(
+                "not_waiting", f"the run is not awaiting tool calls; it is {row.status}"
+            )
+        pending = [dict(call) for call in row.pending_tool_calls]
+        entry = next((call for call in pending if call["id"] == call_id), None)
+        if entry is None:
+            _calls, outputs = await _answered_calls(tx.conn, run_id)
+            if call_id in outputs:
+                raise ClaimRefused("answered", f"tool call {call_id} is already answered")
+            raise UnknownToolCall(call_id)
+        ts = now()
+        held = entry.get(CLAIM_KEY)
+        if held and held["by"] != claimant and held["until"] > ts:
+            raise ClaimRefused(
+                "claimed",
+                f"tool call {call_id} is claimed by another claimant until {iso(held['until'])}",
+                claimed_until=held["until"],
+            )
+        entry[CLAIM_KEY] = {"by": claimant, "until": ts + lease_s}
+        # Not `update_run`: a claim is invisible in the run object, so it is no change a
+        # reader should see (no `updated_at` bump, no event).
+        await tx.conn.execute(
+            runs.update().where(runs.c.id == run_id).values(pending_tool_calls=pending)
+        )
+    return {"tool_call_id": call_id, "claimant": claimant, "claimed_until": iso(ts + lease_s)}
 
 
 async def fail_expired_tool_waits(db: Database, *, limit: int = 100) -> int:

@@ -25,6 +25,16 @@ WEBHOOK_STATUSES = frozenset({"awaiting_tool_calls", *TERMINAL_STATUSES})
 EventSpec = str | tuple[str, dict[str, Any]]
 
 
+# Where `tool_calls.claim_tool_call` keeps a claim inside a `pending_tool_calls` entry.
+CLAIM_KEY = "claim"
+
+
+def public_call(call: dict[str, Any]) -> dict[str, Any]:
+    """A pending tool call as the API shows it (`{id, name, arguments}`): without its claim,
+    which is bookkeeping between the callers' processes, not part of the run."""
+    return {key: value for key, value in call.items() if key != CLAIM_KEY}
+
+
 def render_run(row: Any) -> dict[str, Any]:
     """The run object of the API."""
     return {
@@ -37,7 +47,7 @@ def render_run(row: Any) -> dict[str, Any]:
         "vars": row.vars,
         "results": row.results,
         "last_agent_message": row.last_agent_message,
-        "pending_tool_calls": row.pending_tool_calls,
+        "pending_tool_calls": [public_call(call) for call in row.pending_tool_calls],
         "callback_url": row.callback_url,
         "bundle": row.bundle,
         "environment": row.environment,

@@ -173,9 +173,13 @@ async def next_due_at(db: Database) -> float | None:
 
 
 async def claim_due_deliveries(
-    db: Database, *, limit: int, lease_s: float
+    db: Database, *, limit: int, lease_s: float, worker_id: str | None = None
 ) -> list[ClaimedDelivery]:
-    """Take up to `limit` due deliveries, each as a new numbered attempt leased for `lease_s`."""
+    """Take up to `limit` due deliveries, each as a new numbered attempt leased for `lease_s`.
+
+    `worker_id` names the holder, so that its attempts are made again as soon as it is
+    found dead (`requeue_deliveries_of_worker`) instead of when the lease expires.
+    """
     ts = now()
     due = deliveries.c.next_attempt_at <= ts
     async with db.read() as conn:
@@ -214,6 +218,7 @@ async def claim_due_deliveries(
                     lease_token=token,
                     next_attempt_at=ts + lease_s,
                     updated_at=ts,
+                    worker_id=worker_id,
                 )
             )
             claimed.append(
@@ -230,6 +235,24 @@ async def claim_due_deliveries(
                 )
             )
     return claimed
+
+
+async def requeue_deliveries_of_worker(tx: Tx, worker_id: str) -> int:
+    """Make the attempts a dead worker held due now; how many.
+
+    The next claim notes each one as lost (the receiver may have got it) and sends it again,
+    exactly as after a lease expiry, only sooner.
+    """
+    result = await tx.conn.execute(
+        deliveries.update()
+        .where(deliveries.c.worker_id == worker_id, deliveries.c.status == "sending")
+        .values(next_attempt_at=now())
+        .returning(deliveries.c.id)
+    )
+    count = len(result.all())
+    if count:
+        await tx.announce_event(DISPATCH_WAKE_KEY, "webhook.due")
+    return count
 
 
 async def record_attempt(

@@ -48,8 +48,12 @@ class Dispatcher:
         shutdown_grace_s: float = 10.0,
         http: httpx.AsyncClient | None = None,
         rng: random.Random | None = None,
+        worker_id: str | None = None,
     ) -> None:
         self.db = db
+        # The registered worker this dispatcher belongs to: if it dies, its attempts are
+        # made again as soon as it is found dead rather than when their lease expires.
+        self.worker_id = worker_id
         self.retry_schedule = list(retry_schedule)
         self.timeout_s = timeout_s
         self.allow_private = allow_private
@@ -108,7 +112,9 @@ class Dispatcher:
 
     async def _claim(self, limit: int) -> list[outbox.ClaimedDelivery]:
         try:
-            return await outbox.claim_due_deliveries(self.db, limit=limit, lease_s=self.lease_s)
+            return await outbox.claim_due_deliveries(
+                self.db, limit=limit, lease_s=self.lease_s, worker_id=self.worker_id
+            )
         except Exception:
             # A dropped connection, a lock timeout: the outbox is still there next time.
             log.warning("cannot claim webhook deliveries; retrying", exc_info=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
 import re
 from collections.abc import AsyncIterator
 
@@ -21,12 +22,14 @@ from starlette.responses import StreamingResponse
 
 from agentruns.api.auth import current_project
 from agentruns.api.errors import APIError, not_found
+from agentruns.errors import StoreError
 from agentruns.store import events as event_store
 from agentruns.store import runs
 from agentruns.store.events import TERMINAL_EVENTS
 from agentruns.store.notify import RunEvent
 from agentruns.store.transitions import TERMINAL_STATUSES
 
+log = logging.getLogger(__name__)
 EVENT_ID = re.compile(r"[0-9]{1,10}")
 MAX_SEQ = 2**31 - 1
 PAGE = 500
@@ -68,8 +71,14 @@ async def event_stream(
             if batch is None:
                 # Status first: a terminal status read here means its events are already
                 # committed, so the read below sees them all before the stream may close.
-                finished = await runs.get_run_status(db, run_id) in TERMINAL_STATUSES
-                batch = await event_store.list_events(db, run_id, after=after, limit=PAGE)
+                try:
+                    finished = await runs.get_run_status(db, run_id) in TERMINAL_STATUSES
+                    batch = await event_store.list_events(db, run_id, after=after, limit=PAGE)
+                except StoreError:
+                    # The database is away: end the stream; the client resumes with
+                    # Last-Event-ID once it is back (the response has begun: no 503 now).
+                    log.warning("event stream of run %s ended: database unavailable", run_id)
+                    return
                 more = len(batch) == PAGE
             if batch:
                 chunk = []

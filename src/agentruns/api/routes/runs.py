@@ -1,4 +1,4 @@
-"""`/v1/agent-runs`: create (idempotently), read, list, continue, cancel."""
+"""`/v1/agent-runs`: create (idempotently), read, list, continue, cancel, answer tool calls."""
 
 from __future__ import annotations
 
@@ -12,10 +12,11 @@ from agentruns.api.auth import current_project
 from agentruns.api.errors import APIError, not_found
 from agentruns.api.responses import JSONResponse, envelope, list_envelope
 from agentruns.api.routes.bundles import check_bundle_exists
-from agentruns.api.schemas import RunContinue, RunCreate, ToolResponses
+from agentruns.api.schemas import RunContinue, RunCreate, ToolCallClaim, ToolResponses
 from agentruns.engine.templating import MissingVars, render_all
 from agentruns.netguard import UnsafeURL, check_public_url
 from agentruns.store import agents, runs, tool_calls
+from agentruns.store.clock import iso
 from agentruns.store.runs import IdempotencyConflict, NewRun, StateConflict
 
 router = APIRouter(prefix="/v1/agent-runs", tags=["agent runs"])
@@ -217,3 +218,35 @@ async def submit_tool_responses(
     if run is None:
         raise not_found("run", run_id)
     return envelope(run)
+
+
+@router.post("/{run_id}/tool-calls/{tool_call_id}/claim")
+async def claim_tool_call(
+    run_id: str,
+    tool_call_id: str,
+    body: ToolCallClaim,
+    request: Request,
+    project: str = Depends(current_project),
+) -> JSONResponse:
+    """Take (or extend) the right to run a pending call's handler, so that of several
+    processes attached to the run only one runs it. Answers are accepted from anyone."""
+    db = request.app.state.db
+    try:
+        claim = await tool_calls.claim_tool_call(
+            db, project, run_id, tool_call_id, body.claimant, body.lease_s
+        )
+    except tool_calls.UnknownToolCall as exc:
+        raise APIError(
+            422,
+            f"the run is not waiting for a tool call with id {exc}",
+            details=[{"field": "tool_call_id", "message": f"unknown id {exc}"}],
+        ) from exc
+    except tool_calls.ClaimRefused as exc:
+        # `reason` lets a client tell "someone else runs it" from "nobody needs to".
+        details: dict[str, Any] = {"reason": exc.reason}
+        if exc.claimed_until is not None:
+            details["claimed_until"] = iso(exc.claimed_until)
+        raise APIError(409, str(exc), details=details) from exc
+    if claim is None:
+        raise not_found("run", run_id)
+    return envelope(claim)

@@ -1,0 +1,109 @@
+"""PostgreSQL connections going away: the pool replaces them, a query on a dropped one fails
+with `StoreError` (the API's 503), and the LISTEN connection reconnects by itself."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import asyncpg
+import pytest
+import sqlalchemy as sa
+
+from agentruns.errors import StoreError
+from agentruns.store.database import Database
+from agentruns.store.notify import QUEUE_CHANNEL
+
+
+def _dsn(url: str) -> str:
+    return url.replace("postgresql+asyncpg://", "postgresql://", 1)
+
+
+async def _terminate(url: str, where: str) -> int:
+    """Terminate this database's other backends matching `where`; how many."""
+    conn = await asyncpg.connect(_dsn(url))
+    try:
+        return int(
+            await conn.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                f"WHERE datname = current_database() AND pid <> pg_backend_pid() AND {where}"
+            )
+        )
+    finally:
+        await conn.close()
+
+
+async def _wait(condition, timeout_s: float = 10) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.02)
+
+
+async def test_the_listener_reconnects_after_its_connection_is_dropped(postgres_url: str) -> None:
+    db = Database(postgres_url)
+    await db.start()
+    try:
+        listener = db._listener
+        assert listener is not None
+        await asyncio.wait_for(listener.connected.wait(), 10)
+        killed = await _terminate(postgres_url, "application_name = 'agentruns-listener'")
+        assert killed == 1
+        await _wait(lambda: listener.connections == 2 and listener.connected.is_set())
+        # Notifications from other processes flow again.
+        with db.notifier.watch_queue() as woken:
+            woken.clear()
+            conn = await asyncpg.connect(_dsn(postgres_url))
+            try:
+                await conn.execute(f"NOTIFY {QUEUE_CHANNEL}")
+            finally:
+                await conn.close()
+            await asyncio.wait_for(woken.wait(), 5)
+    finally:
+        await db.close()
+
+
+async def test_dropped_pool_connections_are_replaced_unnoticed(postgres_url: str) -> None:
+    db = Database(postgres_url)
+    try:
+        for _ in range(3):
+            async with db.read() as conn:
+                assert (await conn.execute(sa.text("SELECT 1"))).scalar() == 1
+            assert await _terminate(postgres_url, "true") >= 1
+    finally:
+        await db.close()
+
+
+async def test_a_query_on_a_dropped_connection_raises_store_error(postgres_url: str) -> None:
+    db = Database(postgres_url)
+
+    async def slow_query() -> None:
+        async with db.read() as conn:
+            await conn.execute(sa.text("SELECT pg_sleep(10)"))
+
+    try:
+        task = asyncio.create_task(slow_query())
+        deadline = time.monotonic() + 5
+        while not await _terminate(postgres_url, "query LIKE 'SELECT pg_sleep%'"):
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.02)
+        with pytest.raises(StoreError):
+            await asyncio.wait_for(task, 5)
+        # The pool recovers by itself.
+        async with db.read() as conn:
+            assert (await conn.execute(sa.text("SELECT 1"))).scalar() == 1
+    finally:
+        await db.close()
+
+
+async def test_an_unreachable_server_fails_fast_with_store_error() -> None:
+    db = Database("postgresql+asyncpg://postgres@127.0.0.1:9/agentruns", connect_timeout_s=2)
+    started = time.monotonic()
+    try:
+        with pytest.raises(StoreError):
+            async with db.read():
+                pass
+        assert not await db.ping()
+    finally:
+        await db.close()
+    assert time.monotonic() - started < 5
