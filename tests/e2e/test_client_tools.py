@@ -136,3 +136,17 @@ def test_retrying_the_answer_that_resumed_the_run_is_accepted(
     different = answer(api, run["id"], ("c1", "changed"))
     assert different.status_code == 409
     assert api.wait(run["id"])["status"] == "completed"
+
+
+def test_a_run_may_set_its_own_pause_deadline(api: Api, fake_model: FakeServer) -> None:
+    fake_model.script({"tool_calls": [{"id": "c1", "name": "lookup", "arguments": {"word": "a"}}]})
+    agent = api.agent(prompt="define a", tools=[LOOKUP])  # the agent waits 24 h by default
+    bad = api.call(
+        "POST", "/v1/agent-runs", json={"agent_id": agent["id"], "tool_response_timeout_s": 0}
+    )
+    assert bad.status_code == 422 and "tool_response_timeout_s" in bad.text
+    run = api.ok(
+        "POST", "/v1/agent-runs", json={"agent_id": agent["id"], "tool_response_timeout_s": 1}
+    )
+    run = api.wait(run["id"], lambda r: r["status"] == "failed", timeout_s=10)
+    assert run["error"]["type"] == "tool_response_timeout"

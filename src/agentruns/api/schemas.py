@@ -81,6 +81,7 @@ class RunCreate(Strict):
     bundle: str | None = Field(None, min_length=1, max_length=200)
     environment: Literal["playground", "production"] = "playground"
     metadata: dict[str, Any] = Field(default_factory=dict)
+    tool_response_timeout_s: float | None = Field(None, gt=0, le=MAX_TIMEOUT_S)
 
     _url = field_validator("callback_url")(_check_url)
 

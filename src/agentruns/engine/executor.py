@@ -58,6 +58,7 @@ class RunProgress:
     pending_delta: list[str] = field(default_factory=list)
     # Server-side calls a lost worker started but never answered: their outcome is unknown.
     interrupted: set[str] = field(default_factory=set)
+    tool_response_timeout_s: float | None = None
 
 
 def unanswered_tool_calls(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -103,6 +104,7 @@ class Executor:
             results=list(row.results),
             usage=dict(row.usage),
             turn_steps=row.turn_steps,
+            tool_response_timeout_s=row.tool_response_timeout_s,
         )
         try:
             spec = await agents.get_agent_spec(self.db, row.agent_id, row.agent_version)
@@ -395,7 +397,11 @@ class Executor:
     async def _pause_for_client_tools(
         self, progress: RunProgress, calls: list[dict[str, Any]], spec: dict[str, Any]
     ) -> None:
-        timeout_s = spec.get("tool_response_timeout_s") or DEFAULT_TOOL_RESPONSE_TIMEOUT_S
+        timeout_s = (
+            progress.tool_response_timeout_s
+            or spec.get("tool_response_timeout_s")
+            or DEFAULT_TOOL_RESPONSE_TIMEOUT_S
+        )
         await self._commit(
             progress,
             {

@@ -40,6 +40,7 @@ class NewRun:
     bundle: str | None = None
     environment: str = "playground"
     metadata: dict[str, Any] = field(default_factory=dict)
+    tool_response_timeout_s: float | None = None
 
 
 async def create_run(
@@ -125,6 +126,7 @@ async def _create_run(
                     usage={"requests": 0, "input_tokens": 0, "output_tokens": 0},
                     metadata=new.metadata,
                     timeout_s=new.timeout_s,
+                    tool_response_timeout_s=new.tool_response_timeout_s,
                     created_at=ts,
                     updated_at=ts,
                     queued_at=ts,

@@ -96,6 +96,8 @@ runs = sa.Table(
     sa.Column("turn_steps", sa.Integer, nullable=False, server_default="0"),
     sa.Column("turn_deadline", Time),
     sa.Column("tool_response_deadline", Time),
+    # The run's own pause deadline, when it set one (else the agent's).
+    sa.Column("tool_response_timeout_s", sa.Float),
     # The last event sequence number; events get gap-free numbers under this row's lock.
     sa.Column("event_seq", sa.Integer, nullable=False, server_default="0"),
     sa.Index("ix_runs_project_created", "project_id", "created_at", "id"),

@@ -124,6 +124,7 @@ async def create_run(
         bundle=bundle,
         environment=body.environment,
         metadata=body.metadata,
+        tool_response_timeout_s=body.tool_response_timeout_s,
     )
     try:
         run, _created = await runs.create_run(
