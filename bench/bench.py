@@ -17,9 +17,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import platform
+import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -28,6 +31,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +44,9 @@ console = Console()
 PG_ADMIN = os.environ.get(
     "AGENTRUNS_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
-TERMINAL = (b"event: run.completed", b"event: run.failed", b"event: run.cancelled")
+CONNECTIONS_PER_CLIENT = 4
+TERMINAL = re.compile(rb"^event: run\.(completed|failed|cancelled)$", re.MULTILINE)
+EVENT_ID = re.compile(rb"^id: ([0-9]+)$", re.MULTILINE)
 
 
 @dataclass
@@ -154,7 +160,12 @@ def pg_admin(sql: str) -> None:
 
 
 @contextlib.contextmanager
-def deployment(db: str, model: FakeModel, workdir: Path) -> Iterator[Service]:
+def deployment(
+    db: str, model: FakeModel, workdir: Path, *, separate_worker: bool = False
+) -> Iterator[Service]:
+    """SQLite: one `serve` process. PostgreSQL, or when `separate_worker`: `serve --no-worker`
+    and one `worker` process on the same database."""
+    workdir.mkdir(parents=True, exist_ok=True)
     env = {
         "OPENAI_BASE_URL": model.url + "/v1",
         "OPENAI_API_KEY": "sk-bench",
@@ -166,8 +177,9 @@ def deployment(db: str, model: FakeModel, workdir: Path) -> Iterator[Service]:
         database = f"agentruns_bench_{uuid.uuid4().hex[:8]}"
         pg_admin(f'CREATE DATABASE "{database}"')
         env["AGENTRUNS_DATABASE_URL"] = PG_ADMIN.rsplit("/", 1)[0] + f"/{database}"
+    if db == "postgres" or separate_worker:
         api = ServerProcess(workdir, env=env, args=["serve", "--no-worker"]).start()
-        worker = ServerProcess(workdir, env=env, args=["worker"])
+        worker = ServerProcess(workdir, env=env, args=["worker", "--no-migrate"])
         worker.start()
         service = Service(api, [worker])
     else:
@@ -185,14 +197,32 @@ def deployment(db: str, model: FakeModel, workdir: Path) -> Iterator[Service]:
 
 
 class Client:
+    """Many httpx clients with a few pooled connections each, used in turn.
+
+    One httpx client with hundreds of connections spends most of its CPU scanning its
+    pool on every request (httpcore checks each connection), and the benchmark would
+    measure that instead of the server.
+    """
+
     def __init__(self, service: Service, connections: int) -> None:
-        self.http = httpx.AsyncClient(
-            base_url=service.api.url,
-            headers=service.api.headers,
-            timeout=httpx.Timeout(120.0),
-            limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
-        )
+        self.clients = [
+            httpx.AsyncClient(
+                base_url=service.api.url,
+                headers=service.api.headers,
+                timeout=httpx.Timeout(120.0),
+                limits=httpx.Limits(
+                    max_connections=CONNECTIONS_PER_CLIENT,
+                    max_keepalive_connections=CONNECTIONS_PER_CLIENT,
+                ),
+            )
+            for _ in range(-(-connections // CONNECTIONS_PER_CLIENT))
+        ]
+        self._turn = itertools.cycle(self.clients)
         self.agent_id = ""
+
+    @property
+    def http(self) -> httpx.AsyncClient:
+        return next(self._turn)
 
     async def setup(self) -> None:
         response = await self.http.post(
@@ -214,32 +244,53 @@ class Client:
     async def follow(
         self, run_id: str, on_first_delta: Callable[[], None] | None = None
     ) -> list[int]:
-        """Read the run's events to its terminal event; the event ids seen."""
+        """Read the run's events to its terminal event; the event ids seen.
+
+        Scans the raw bytes (with `re`, in C) instead of decoding line by line: with
+        hundreds of streams the client, not the server, would otherwise be the bottleneck.
+        """
         ids: list[int] = []
+        pending = b""
         async with self.http.stream("GET", f"/v1/agent-runs/{run_id}/events") as response:
-            async for line in response.aiter_lines():
-                if line.startswith("id: "):
-                    ids.append(int(line[4:]))
-                elif line == "event: message.delta" and on_first_delta is not None:
+            async for chunk in response.aiter_raw():
+                # Whole events only: keep an incomplete one for the next chunk.
+                complete, separator, pending = (pending + chunk).rpartition(b"\n\n")
+                if not separator:
+                    pending = complete + pending
+                    continue
+                ids.extend(int(found) for found in EVENT_ID.findall(complete))
+                if on_first_delta is not None and b"event: message.delta" in complete:
                     on_first_delta()
                     on_first_delta = None
-                elif line.encode() in TERMINAL:
-                    if line != "event: run.completed":
-                        raise RuntimeError(f"run {run_id} ended with {line}")
+                terminal = TERMINAL.search(complete)
+                if terminal is not None:
+                    if terminal.group(1) != b"completed":
+                        raise RuntimeError(f"run {run_id} ended with {terminal.group(0)!r}")
                     break
         return ids
 
     async def run_once(self) -> float:
+        return (await self.run_timed())[0]
+
+    async def run_timed(self) -> tuple[float, str]:
         started = time.perf_counter()
-        await self.follow(await self.create())
-        return time.perf_counter() - started
+        run_id = await self.create()
+        await self.follow(run_id)
+        return time.perf_counter() - started, run_id
+
+    async def start_delay(self, run_id: str) -> float:
+        """Seconds from the run's creation to a worker starting it (server timestamps)."""
+        run = (await self.http.get(f"/v1/agent-runs/{run_id}")).json()["data"]
+        created, started = (datetime.fromisoformat(run[k]) for k in ("created_at", "started_at"))
+        return (started - created).total_seconds()
 
     async def count(self, status: str) -> bool:
         response = await self.http.get("/v1/agent-runs", params={"status": status, "limit": 1})
         return bool(response.json()["data"])
 
     async def aclose(self) -> None:
-        await self.http.aclose()
+        for client in self.clients:
+            await client.aclose()
 
 
 @contextlib.asynccontextmanager
@@ -296,11 +347,17 @@ async def throughput(service: Service, model: FakeModel, sizes: Sizes) -> dict[s
 async def latency(service: Service, model: FakeModel, sizes: Sizes) -> dict[str, Any]:
     async with client_for(service, 2) as client:
         await client.run_once()  # warm up
-        latencies = [await client.run_once() for _ in range(sizes.latency_runs)]
+        latencies, start_delays = [], []
+        for _ in range(sizes.latency_runs):
+            elapsed, run_id = await client.run_timed()
+            latencies.append(elapsed)
+            start_delays.append(await client.start_delay(run_id))
     return {
         "runs": sizes.latency_runs,
         "p50_ms": ms(statistics.median(latencies)),
         "p95_ms": ms(percentile(latencies, 0.95)),
+        "queued_to_started_p50_ms": ms(statistics.median(start_delays)),
+        "queued_to_started_p95_ms": ms(percentile(start_delays, 0.95)),
     }
 
 
@@ -346,22 +403,35 @@ async def concurrency(service: Service, model: FakeModel, sizes: Sizes) -> dict[
 
 
 async def scale(service: Service, model: FakeModel, sizes: Sizes) -> dict[str, Any]:
-    worker = service.worker_pid()
-    rss_before, _ = proc_rss_kb(worker)
+    """Queue every run while the worker is stopped, then start it: all are in flight at once.
+
+    Runs on its own deployment with a separate worker process (see `run_scenarios`), so the
+    figure is the worker's alone. Its idle size is taken from the same worker before it
+    is stopped, on an empty queue.
+    """
+    worker = service.workers[0]
+    assert worker.process is not None
+    idle_rss, _ = proc_rss_kb(worker.process.pid)
+    worker.stop()
     model.configure(first_token_delay_s=sizes.scale_model_latency_s)
     try:
         async with client_for(service, 64) as client:
             started = time.perf_counter()
             await bounded([client.create() for _ in range(sizes.scale_runs)], 64)
             created = time.perf_counter() - started
-            peak_rss = rss_before
+            model.reset_stats()
+            worker.start()
+            assert worker.process is not None
+            started = time.perf_counter()
+            peak_rss = idle_rss
             deadline = started + 600
             while time.perf_counter() < deadline:
-                peak_rss = max(peak_rss, proc_rss_kb(worker)[0])
+                peak_rss = max(peak_rss, proc_rss_kb(worker.process.pid)[0])
                 if not await client.count("queued") and not await client.count("in_progress"):
                     break
-                await asyncio.sleep(0.5)
+                await asyncio.sleep(0.25)
             drained = time.perf_counter() - started
+            stats = model.stats()
     finally:
         model.configure(first_token_delay_s=0.0)
     return {
@@ -369,13 +439,15 @@ async def scale(service: Service, model: FakeModel, sizes: Sizes) -> dict[str, A
         "model_latency_ms": ms(sizes.scale_model_latency_s),
         "create_s": round(created, 2),
         "drain_s": round(drained, 2),
-        "worker_rss_before_mb": round(rss_before / 1024, 1),
+        "peak_model_calls_in_flight": stats["peak_in_flight"],
+        "worker_idle_rss_mb": round(idle_rss / 1024, 1),
         "worker_peak_rss_mb": round(peak_rss / 1024, 1),
-        "kb_per_in_flight_run": round((peak_rss - rss_before) / sizes.scale_runs, 1),
+        "kb_per_in_flight_run": round((peak_rss - idle_rss) / sizes.scale_runs, 1),
     }
 
 
 async def fanout(service: Service, model: FakeModel, sizes: Sizes) -> dict[str, Any]:
+    """Every run is queued before its subscriber connects; the API process serves only them."""
     api = service.api.process
     assert api is not None
     model.configure(first_token_delay_s=1.0, token_delay_s=0.05)
@@ -413,6 +485,11 @@ async def fanout(service: Service, model: FakeModel, sizes: Sizes) -> dict[str, 
     }
 
 
+# Scenarios that measure one process's memory get a fresh deployment with the worker in a
+# process of its own: the API's growth is then the subscribers' alone, the worker's the
+# in-flight runs'.
+ISOLATED = ("scale", "fanout")
+
 SCENARIOS = {
     "throughput": throughput,
     "latency": latency,
@@ -423,28 +500,76 @@ SCENARIOS = {
 }
 
 
-async def run_scenarios(db: str, names: list[str], sizes: Sizes) -> dict[str, Any]:
+@contextlib.contextmanager
+def profiled(service: Service, profile_dir: Path | None, name: str) -> Iterator[None]:
+    """Sample the worker (the server on SQLite) with py-spy while a scenario runs."""
+    if profile_dir is None:
+        yield
+        return
+    profile_dir.mkdir(parents=True, exist_ok=True)
+    spy = subprocess.Popen(
+        [
+            str(Path(sys.executable).with_name("py-spy")),
+            "record",
+            "--pid",
+            str(service.worker_pid()),
+            "--format",
+            "raw",
+            "--rate",
+            "250",
+            "--output",
+            str(profile_dir / f"{name}.txt"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        yield
+    finally:
+        spy.send_signal(signal.SIGINT)
+        spy.wait(timeout=30)
+
+
+async def run_scenarios(
+    db: str, names: list[str], sizes: Sizes, profile_dir: Path | None = None
+) -> dict[str, Any]:
     model = FakeModel()
     results: dict[str, Any] = {}
+    shared = [name for name in names if name not in ISOLATED]
     try:
-        with (
-            tempfile.TemporaryDirectory(prefix="agentruns-bench-") as tmp,
-            deployment(db, model, Path(tmp)) as service,
-        ):
-            idle_rss, _ = service.rss_kb()
-            results["memory"] = {"idle_rss_mb": round(idle_rss / 1024, 1)}
-            for name in names:
-                console.print(f"[bold]{db}[/] {name} ...")
-                results[name] = await SCENARIOS[name](service, model, sizes)
-                console.print(f"  {json.dumps(results[name])}")
-            rss, peak = service.rss_kb()
-            results["memory"].update(
-                after_runs_rss_mb=round(rss / 1024, 1), peak_rss_mb=round(peak / 1024, 1)
-            )
-            console.print(f"[bold]{db}[/] memory {json.dumps(results['memory'])}")
+        with tempfile.TemporaryDirectory(prefix="agentruns-bench-") as tmp:
+            if shared:
+                with deployment(db, model, Path(tmp) / "shared") as service:
+                    idle_rss, _ = service.rss_kb()
+                    results["memory"] = {"idle_rss_mb": round(idle_rss / 1024, 1)}
+                    for name in shared:
+                        await run_scenario(db, name, service, model, sizes, results, profile_dir)
+                    rss, peak = service.rss_kb()
+                    results["memory"].update(
+                        after_runs_rss_mb=round(rss / 1024, 1), peak_rss_mb=round(peak / 1024, 1)
+                    )
+                    console.print(f"[bold]{db}[/] memory {json.dumps(results['memory'])}")
+            for name in [name for name in names if name in ISOLATED]:
+                with deployment(db, model, Path(tmp) / name, separate_worker=True) as service:
+                    await run_scenario(db, name, service, model, sizes, results, profile_dir)
     finally:
         model.stop()
     return results
+
+
+async def run_scenario(
+    db: str,
+    name: str,
+    service: Service,
+    model: FakeModel,
+    sizes: Sizes,
+    results: dict[str, Any],
+    profile_dir: Path | None,
+) -> None:
+    console.print(f"[bold]{db}[/] {name} ...")
+    with profiled(service, profile_dir, f"{db}-{name}"):
+        results[name] = await SCENARIOS[name](service, model, sizes)
+    console.print(f"  {json.dumps(results[name])}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -454,6 +579,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--db", choices=["sqlite", "postgres", "both"], default=None)
     parser.add_argument("--only", default=",".join(SCENARIOS), help="comma-separated scenarios")
     parser.add_argument("--out", type=Path, default=Path("bench/results.json"))
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="write a py-spy profile (collapsed stacks) of each scenario into this folder",
+    )
     args = parser.parse_args(argv)
     sizes = Sizes.smoke() if args.smoke else Sizes.quick() if args.quick else Sizes()
     db = args.db or ("sqlite" if args.quick or args.smoke else "both")
@@ -471,7 +602,7 @@ def main(argv: list[str] | None = None) -> None:
         "sizes": sizes.__dict__,
     }
     for database in ("sqlite", "postgres") if db == "both" else (db,):
-        report[database] = asyncio.run(run_scenarios(database, names, sizes))
+        report[database] = asyncio.run(run_scenarios(database, names, sizes, args.profile))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     console.print(f"wrote {args.out}")

@@ -18,21 +18,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
-import yaml
 from rich.console import Console
 
 from agentruns.cli_render import EventPrinter, print_json, print_table, short
-from agentruns.client import (
-    AgentRunsClient,
-    APIError,
-    MissingToolHandler,
-    RunError,
-    RunEvent,
-    ToolHandler,
-)
 from agentruns.errors import AgentRunsError
 
+# The SDK and PyYAML are imported by the commands that use them: `serve` and `worker`
+# would otherwise carry them, unused, for the life of the server.
 if TYPE_CHECKING:
+    from agentruns.client import AgentRunsClient, RunEvent, ToolHandler
     from agentruns.config import Settings
 
 app = typer.Typer(
@@ -122,12 +116,16 @@ def load_settings() -> Settings:
 
 def make_client(base_url: str | None, api_key: str | None) -> AgentRunsClient:
     """The client remote commands use; tests replace it to serve the CLI from a mock."""
+    from agentruns.client import AgentRunsClient
+
     return AgentRunsClient(base_url=base_url, api_key=api_key)
 
 
 @contextmanager
 def remote(base_url: str | None, api_key: str | None) -> Iterator[AgentRunsClient]:
     """A client whose failures end the command with a one-line error instead of a traceback."""
+    from agentruns.client import APIError
+
     try:
         with make_client(base_url, api_key) as client:
             yield client
@@ -210,6 +208,8 @@ def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key's id.")]) ->
 
 def read_agent_file(file: str) -> dict[str, Any]:
     """Agent fields from a YAML or JSON file (JSON is YAML), or from stdin with `-`."""
+    import yaml
+
     try:
         text = sys.stdin.read() if file == "-" else Path(file).read_text(encoding="utf-8")
         fields = yaml.safe_load(text)
@@ -316,6 +316,8 @@ def follow_answering_tools(
     tools: dict[str, ToolHandler],
 ) -> None:
     """`follow_run` that also runs the local handlers of the run's client-side tool calls."""
+    from agentruns.client import MissingToolHandler, RunError
+
     show = event_printer(as_json)
 
     def on_event(event: RunEvent) -> None:

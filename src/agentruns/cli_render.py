@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from agentruns.client import RunEvent
+if TYPE_CHECKING:
+    from agentruns.client import RunEvent
 
 __all__ = ["EventPrinter", "print_json", "print_table", "short"]
 

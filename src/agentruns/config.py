@@ -39,7 +39,7 @@ class Settings(BaseSettings):
     db_connect_timeout_s: float = 5.0
     max_body_bytes: int = 1024 * 1024
     auth_cache_s: float = 5.0
-    delta_flush_interval_s: float = 0.05
+    delta_flush_interval_s: float = 0.005
     sse_heartbeat_s: float = 15.0
     state_dir: Path = default_state_dir()
     # Webhooks (docs/webhooks.md).

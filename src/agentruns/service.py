@@ -15,7 +15,7 @@ from rich.console import Console
 from agentruns.config import Settings
 from agentruns.store import projects
 from agentruns.store.database import Database
-from agentruns.store.migrate import upgrade
+from agentruns.store.schema_version import schema_is_current
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,15 @@ def migrate(settings: Settings) -> None:
     Safe to run from several processes at once: on PostgreSQL they take turns under an
     advisory lock, and the ones that come after find nothing left to do.
     """
-    asyncio.run(upgrade(settings.database_url))
+    asyncio.run(_migrate(settings.database_url))
+
+
+async def _migrate(url: str) -> None:
+    if await schema_is_current(url):
+        return  # without importing Alembic, which would stay in memory for nothing
+    from agentruns.store.migrate import upgrade
+
+    await upgrade(url)
 
 
 def prepare_database(settings: Settings, *, run_migrations: bool = True) -> str | None:
@@ -49,6 +57,9 @@ def prepare_database(settings: Settings, *, run_migrations: bool = True) -> str 
     if run_migrations:
         migrate(settings)
     return asyncio.run(_bootstrap_key(settings))
+
+
+KEEP_ALIVE_S = 65
 
 
 def serve(
@@ -76,6 +87,10 @@ def serve(
         log_level="warning",
         access_log=False,
         timeout_graceful_shutdown=5,
+        # Longer than clients keep idle connections (httpx: 5 s, like uvicorn's default):
+        # with equal timeouts a client under load reuses a connection just as the server
+        # drops it, and its request fails with a read error.
+        timeout_keep_alive=KEEP_ALIVE_S,
     )
     uvicorn.Server(config).run(sockets=[listening_socket(host, port)])
 
@@ -126,7 +141,7 @@ def run_worker(settings: Settings, *, run_migrations: bool = True) -> None:
         presence = build_presence(db, settings)
         await presence.start()
         try:
-            async with model_http_client() as http:
+            async with model_http_client(settings) as http:
                 worker = build_worker(db, settings, http, worker_id=presence.worker_id)
                 dispatcher = build_dispatcher(db, settings, worker_id=presence.worker_id)
 

@@ -122,6 +122,37 @@ async def test_silence_is_a_read_timeout() -> None:
                 await response.aread()
 
 
+async def test_silence_mid_body_is_a_read_timeout_but_slow_steady_data_is_not() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _drain_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        # Five pieces 0.1 s apart: 0.5 s in all, longer than the 0.3 s read timeout, but
+        # never silent for that long.
+        for _ in range(5):
+            writer.write(b"1\r\nx\r\n")
+            await writer.drain()
+            await asyncio.sleep(0.1)
+        if b"silent" in request_paths[-1]:
+            await asyncio.sleep(5)
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+
+    request_paths: list[bytes] = []
+    server, url = await raw_server(handler)
+    async with server, ModelHTTPClient() as client:
+        request_paths.append(b"/steady")
+        async with client.stream("POST", url + "/steady", content=b"{}", timeout=0.3) as response:
+            assert await response.aread() == b"xxxxx"
+        request_paths.append(b"/silent")
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(httpx.ReadTimeout):
+            async with client.stream(
+                "POST", url + "/silent", content=b"{}", timeout=0.3
+            ) as response:
+                await response.aread()
+        assert asyncio.get_running_loop().time() - started < 2
+
+
 async def test_sized_body_and_connection_refused() -> None:
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await _drain_request(reader)

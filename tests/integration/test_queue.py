@@ -51,6 +51,33 @@ async def test_claim_sets_lease_and_in_progress_event(db: Database) -> None:
     assert types == ["queued", "in_progress"]
 
 
+async def test_a_batch_claim_takes_the_oldest_runs_each_with_its_own_lease(db: Database) -> None:
+    project = await make_project(db)
+    agent = await make_agent(db, project)
+    made = [await make_run(db, project, agent["id"], f"r{i}") for i in range(5)]
+    other = Database(db.url)  # a second process claiming concurrently
+    try:
+        first, second = await asyncio.gather(
+            queue.claim_runs(db, "w1", 30, 3), queue.claim_runs(other, "w2", 30, 3)
+        )
+    finally:
+        await other.close()
+    assert len(first) + len(second) == 5
+    claimed = [lease.run_id for lease, _ in [*first, *second]]
+    assert sorted(claimed) == sorted(r["id"] for r in made)
+    order = [r["id"] for r in made]
+    for batch in (first, second):
+        positions = [order.index(lease.run_id) for lease, _ in batch]
+        assert positions == sorted(positions)  # each batch in queue order
+    tokens = {lease.token for lease, _ in [*first, *second]}
+    assert len(tokens) == 5
+    for lease, row in [*first, *second]:
+        assert row.status == "in_progress" and row.lease_token == lease.token
+        types = [e.data["status"] for e in await events.list_events(db, lease.run_id)]
+        assert types == ["queued", "in_progress"]
+    assert await queue.claim_runs(db, "w3", 30, 8) == []
+
+
 async def test_writes_are_fenced_after_cancel(db: Database) -> None:
     project = await make_project(db)
     agent = await make_agent(db, project)

@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI, Request
 from fastapi.responses import PlainTextResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from agentruns import __version__
 from agentruns.api.auth import KeyCache
@@ -80,9 +79,12 @@ def _report_worker_exit(task: asyncio.Task[None]) -> None:
         log.critical("the embedded %s crashed", task.get_name(), exc_info=task.exception())
 
 
-def model_http_client() -> ModelHTTPClient:
-    # Model calls stream for minutes; only connecting should be quick.
-    return ModelHTTPClient(connect_timeout_s=10.0)
+def model_http_client(settings: Settings) -> ModelHTTPClient:
+    # Model calls stream for minutes; only connecting should be quick. A run makes one
+    # model call at a time, so the worker's concurrency bounds the connections it needs.
+    return ModelHTTPClient(
+        connect_timeout_s=10.0, max_connections=max(64, settings.worker_concurrency)
+    )
 
 
 def create_app(settings: Settings, *, with_worker: bool = False) -> FastAPI:
@@ -101,7 +103,7 @@ def create_app(settings: Settings, *, with_worker: bool = False) -> FastAPI:
         dispatcher = build_dispatcher(db, settings, worker_id=presence.worker_id)
         dispatcher_task = asyncio.create_task(dispatcher.run(), name="webhook dispatcher")
         dispatcher_task.add_done_callback(_report_worker_exit)
-        async with model_http_client() as http:
+        async with model_http_client(settings) as http:
             if with_worker:
                 worker = build_worker(db, settings, http, worker_id=presence.worker_id)
                 worker_task = asyncio.create_task(worker.run(), name="agentruns-worker")
@@ -153,6 +155,9 @@ def create_app(settings: Settings, *, with_worker: bool = False) -> FastAPI:
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
+        # Imported at the first scrape, not at start: many deployments never scrape.
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     return app

@@ -13,12 +13,14 @@ import logging
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
-import jsonschema
 import orjson
 
 from .errors import MissingToolHandler, ToolHandlerError
+
+if TYPE_CHECKING:
+    from jsonschema.protocols import Validator
 
 __all__ = [
     "LocalTool",
@@ -99,9 +101,17 @@ def normalize_tools(tools: ToolsMap | None) -> dict[str, LocalTool]:
             raise TypeError(f"tool {name!r}: the schema must be a dict or None")
         parameters = _parameters(schema) if schema is not None else None
         if parameters is not None:
-            jsonschema.validators.validator_for(parameters).check_schema(parameters)
+            _validator_class(parameters).check_schema(parameters)
         local[name] = LocalTool(name, parameters, handler)
     return local
+
+
+def _validator_class(schema: Mapping[str, Any]) -> type[Validator]:
+    # Imported here, not with the SDK: most clients never declare a local tool, and
+    # jsonschema costs more memory than the rest of the SDK.
+    from jsonschema.validators import validator_for
+
+    return validator_for(schema)
 
 
 def _parameters(schema: Mapping[str, Any]) -> Mapping[str, Any] | None:
@@ -140,11 +150,10 @@ def _arguments(tool: LocalTool, call: ToolCall) -> dict[str, Any] | str:
     if not isinstance(arguments, dict):
         return f"error: the arguments of {call.name} must be a JSON object; call it again"
     if tool.parameters is not None:
-        problem = jsonschema.exceptions.best_match(
-            jsonschema.validators.validator_for(tool.parameters)(tool.parameters).iter_errors(
-                arguments
-            )
-        )
+        from jsonschema.exceptions import best_match
+
+        validator = _validator_class(tool.parameters)(tool.parameters)
+        problem = best_match(validator.iter_errors(arguments))
         if problem is not None:
             where = "/".join(str(part) for part in problem.absolute_path) or "arguments"
             return f"error: invalid arguments for {call.name} at {where}: {problem.message}"

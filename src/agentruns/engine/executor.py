@@ -9,6 +9,7 @@ made again; its partial deltas are marked discarded by the queue).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ import httpx
 from agentruns.engine.models import resolve_model
 from agentruns.engine.models.base import Model, TextDelta, ToolCall, Usage
 from agentruns.engine.models.retrying import stream_with_retries
+from agentruns.engine.pacing import with_deadlines
 from agentruns.engine.tools import (
     McpServerUnavailable,
     ToolRuntime,
@@ -83,7 +85,7 @@ class Executor:
         *,
         http: httpx.AsyncClient,
         default_model: str,
-        flush_interval_s: float = 0.05,
+        flush_interval_s: float = 0.005,
         tools: ToolRuntime | None = None,
     ) -> None:
         self.db = db
@@ -217,18 +219,26 @@ class Executor:
         calls: list[ToolCall] = []
         usage = Usage()
         last_flush = loop.time()
+
+        def flush_due() -> float | None:
+            return last_flush + self.flush_interval_s if progress.pending_delta else None
+
         stream = stream_with_retries(model, progress.messages, toolset.definitions, settings)
-        async for event in stream:
-            if isinstance(event, TextDelta):
-                text.append(event.text)
-                progress.pending_delta.append(event.text)
-                if loop.time() - last_flush >= self.flush_interval_s:
-                    await self._flush_delta(progress)
-                    last_flush = loop.time()
-            elif isinstance(event, ToolCall):
-                calls.append(event)
-            elif isinstance(event, Usage):
-                usage = event
+        async with contextlib.aclosing(with_deadlines(stream, flush_due)) as stream_events:
+            async for event in stream_events:
+                if event is None or isinstance(event, TextDelta):
+                    # A delta is written at once, unless the last write was less than the flush
+                    # interval ago: then with the next, at the latest when the interval is up.
+                    if event is not None:
+                        text.append(event.text)
+                        progress.pending_delta.append(event.text)
+                    if loop.time() - last_flush >= self.flush_interval_s:
+                        await self._flush_delta(progress)
+                        last_flush = loop.time()
+                elif isinstance(event, ToolCall):
+                    calls.append(event)
+                elif isinstance(event, Usage):
+                    usage = event
         content = "".join(text)
         tool_calls = [{"id": c.id, "name": c.name, "arguments": c.arguments} for c in calls]
         message: dict[str, Any] = {"role": "assistant", "content": content or None}

@@ -23,6 +23,9 @@ from agentruns.store.database import Database
 from agentruns.store.queue import Lease
 
 log = logging.getLogger(__name__)
+# Runs claimed per transaction at most. Small, so that on PostgreSQL one worker doesn't take
+# a burst that idle workers could have started at once.
+CLAIM_BATCH = 8
 
 __all__ = ["Worker", "make_worker_id"]
 
@@ -75,7 +78,10 @@ class Worker:
         with self.db.notifier.watch_queue() as wake:
             while not self._stopping.is_set():
                 wake.clear()
-                if len(self._running) < self.concurrency and await self._claim_one():
+                if len(self._running) < self.concurrency and await self._claim_some():
+                    # On SQLite a claim never suspends: without this, a deep queue would be
+                    # claimed whole before any claimed run starts or any request is served.
+                    await asyncio.sleep(0)
                     continue
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wait_any(wake), self.poll_interval_s)
@@ -88,20 +94,20 @@ class Worker:
             for waiter in waiters:
                 waiter.cancel()
 
-    async def _claim_one(self) -> bool:
+    async def _claim_some(self) -> bool:
+        """Claim up to `CLAIM_BATCH` runs for the free slots and start them; whether any."""
+        free = min(self.concurrency - len(self._running), CLAIM_BATCH)
         try:
-            claimed = await queue.claim_next_run(self.db, self.worker_id, self.lease_s)
+            claimed = await queue.claim_runs(self.db, self.worker_id, self.lease_s, free)
         except Exception:
             # A dropped connection, a lock timeout: the queue is still there next poll.
             log.warning("cannot claim a run; retrying", exc_info=True)
             await asyncio.sleep(self.poll_interval_s)
             return False
-        if claimed is None:
-            return False
-        lease, row = claimed
-        task = asyncio.create_task(self._execute(lease, row), name=f"run-{lease.run_id}")
-        self._running[lease.token] = (lease, task)
-        return True
+        for lease, row in claimed:
+            task = asyncio.create_task(self._execute(lease, row), name=f"run-{lease.run_id}")
+            self._running[lease.token] = (lease, task)
+        return bool(claimed)
 
     async def _execute(self, lease: Lease, row: object) -> None:
         def on_event(event_type: str) -> None:

@@ -24,6 +24,34 @@ def render_agent(row: Any, spec: dict[str, Any], version: int) -> dict[str, Any]
     }
 
 
+# Pre-built for the path of every new run (building a statement costs more than running it).
+_LIVE_VERSIONS = sa.select(agents.c.latest_version, agents.c.published_version).where(
+    agents.c.id == sa.bindparam("agent_id"),
+    agents.c.project_id == sa.bindparam("project_id"),
+    agents.c.deleted_at.is_(None),
+)
+_SPEC = sa.select(agent_versions.c.spec).where(
+    agent_versions.c.agent_id == sa.bindparam("agent_id"),
+    agent_versions.c.version == sa.bindparam("version"),
+)
+# A version's spec never changes once written, so every process may keep the recent ones.
+# Callers treat a spec as read-only.
+_SPEC_CACHE: dict[tuple[str, int], dict[str, Any]] = {}
+SPEC_CACHE_SIZE = 512
+
+
+async def _version_spec(conn: Any, agent_id: str, version: int) -> dict[str, Any] | None:
+    key = (agent_id, version)
+    spec = _SPEC_CACHE.get(key)
+    if spec is None:
+        spec = (await conn.execute(_SPEC, {"agent_id": agent_id, "version": version})).scalar()
+        if spec is not None:
+            if len(_SPEC_CACHE) >= SPEC_CACHE_SIZE:
+                del _SPEC_CACHE[next(iter(_SPEC_CACHE))]  # the oldest entry
+            _SPEC_CACHE[key] = spec
+    return spec
+
+
 def _live(project_id: str, agent_id: str) -> sa.ColumnElement[bool]:
     return sa.and_(
         agents.c.id == agent_id, agents.c.project_id == project_id, agents.c.deleted_at.is_(None)
@@ -72,14 +100,10 @@ async def get_agent(
 
 async def get_agent_spec(db: Database, agent_id: str, version: int) -> dict[str, Any] | None:
     """A pinned version's spec, even of a deleted agent (runs keep what they started with)."""
+    if (agent_id, version) in _SPEC_CACHE:
+        return _SPEC_CACHE[agent_id, version]
     async with db.read() as conn:
-        return (
-            await conn.execute(
-                sa.select(agent_versions.c.spec).where(
-                    agent_versions.c.agent_id == agent_id, agent_versions.c.version == version
-                )
-            )
-        ).scalar_one_or_none()
+        return await _version_spec(conn, agent_id, version)
 
 
 async def list_agents(
@@ -176,18 +200,14 @@ async def get_pinned_spec(
 
     (None, None) when the agent is unknown to this project.
     """
+    params = {"agent_id": agent_id, "project_id": project_id}
     async with db.read() as conn:
-        row = (await conn.execute(sa.select(agents).where(_live(project_id, agent_id)))).first()
+        row = (await conn.execute(_LIVE_VERSIONS, params)).first()
         if row is None:
             return None, None
         version = row.published_version if published else row.latest_version
         if version is None:
             return None, {}
-        spec = (
-            await conn.execute(
-                sa.select(agent_versions.c.spec).where(
-                    agent_versions.c.agent_id == agent_id, agent_versions.c.version == version
-                )
-            )
-        ).scalar_one()
+        spec = await _version_spec(conn, agent_id, version)
+    assert spec is not None, "an agent's pinned version always exists"
     return version, spec

@@ -9,9 +9,19 @@ import sqlalchemy as sa
 from agentruns.store.clock import now
 from agentruns.store.database import Database, Tx
 from agentruns.store.notify import RunEvent
-from agentruns.store.tables import run_events
+from agentruns.store.tables import run_events, runs
 
 TERMINAL_EVENTS = frozenset({"run.completed", "run.failed", "run.cancelled"})
+
+# Pre-built: SQLAlchemy spends far longer building a statement than running a built one.
+_INSERT = run_events.insert()
+_AFTER = (
+    sa.select(run_events.c.seq, run_events.c.type, run_events.c.data)
+    .where(run_events.c.run_id == sa.bindparam("run_id"), run_events.c.seq > sa.bindparam("after"))
+    .order_by(run_events.c.seq)
+    .limit(sa.bindparam("limit"))
+)
+_STATUS = sa.select(runs.c.status).where(runs.c.id == sa.bindparam("run_id"))
 
 
 async def insert_events(
@@ -22,7 +32,7 @@ async def insert_events(
         return
     ts = now()
     await tx.conn.execute(
-        run_events.insert(),
+        _INSERT,
         [
             {"run_id": run_id, "seq": first_seq + i, "type": kind, "data": data, "created_at": ts}
             for i, (kind, data) in enumerate(events)
@@ -36,14 +46,24 @@ async def insert_events(
 async def list_events(
     db: Database, run_id: str, *, after: int = 0, limit: int = 1000
 ) -> list[RunEvent]:
-    query = (
-        sa.select(run_events.c.seq, run_events.c.type, run_events.c.data)
-        .where(run_events.c.run_id == run_id, run_events.c.seq > after)
-        .order_by(run_events.c.seq)
-        .limit(limit)
-    )
+    params = {"run_id": run_id, "after": after, "limit": limit}
     async with db.read() as conn:
-        return [RunEvent(row.seq, row.type, row.data) for row in await conn.execute(query)]
+        return [RunEvent(*row) for row in await conn.execute(_AFTER, params)]
+
+
+async def status_and_events(
+    db: Database, run_id: str, *, after: int, limit: int
+) -> tuple[str | None, list[RunEvent]]:
+    """The run's status, then its events after `after`, in one read transaction.
+
+    The order is what matters (PostgreSQL reads each statement in its own snapshot): a
+    terminal status seen first means the events read next include the terminal one, so a
+    reader can stop once it has sent them.
+    """
+    params = {"run_id": run_id, "after": after, "limit": limit}
+    async with db.read() as conn:
+        status = (await conn.execute(_STATUS, {"run_id": run_id})).scalar()
+        return status, [RunEvent(*row) for row in await conn.execute(_AFTER, params)]
 
 
 async def last_event_type(tx: Tx, run_id: str) -> str | None:

@@ -14,7 +14,6 @@ from agentruns.errors import LeaseLost
 from agentruns.store.database import Database
 from agentruns.store.messages import append_messages
 from agentruns.store.queue import Lease
-from agentruns.store.tables import runs
 from agentruns.store.transitions import EventSpec, update_run
 
 
@@ -33,7 +32,7 @@ async def commit_step(
             tx,
             lease.run_id,
             values or {},
-            where=[runs.c.lease_token == lease.token, runs.c.status == "in_progress"],
+            match={"lease_token": lease.token, "status": "in_progress"},
             events=events,
         )
         if row is None:

@@ -28,39 +28,58 @@ class Lease:
     worker_id: str
 
 
+# The oldest queued runs, with what a claim computes from. PostgreSQL: concurrent claimers
+# skip each other's rows. SQLite: BEGIN IMMEDIATE already serialises writers, and
+# SQLAlchemy renders no FOR UPDATE there.
+_NEXT_QUEUED = (
+    sa.select(runs.c.id, runs.c.attempts, runs.c.started_at, runs.c.turn_deadline, runs.c.timeout_s)
+    .where(runs.c.status == "queued")
+    .order_by(runs.c.queued_at, runs.c.id)
+    .limit(sa.bindparam("limit"))
+    .with_for_update(skip_locked=True)
+)
+
+
+async def claim_runs(
+    db: Database, worker_id: str, lease_s: float, limit: int
+) -> list[tuple[Lease, Any]]:
+    """Atomically take up to `limit` of the oldest queued runs; (lease, row) for each.
+
+    One transaction for several claims: under a deep queue the commit, not the claim,
+    is what costs, and a worker with free slots would otherwise pay it once per run.
+    """
+    ts = now()
+    claimed: list[tuple[Lease, Any]] = []
+    async with db.write() as tx:
+        # The rows are locked (or the database is) until commit: values read here stay true.
+        for found in list(await tx.conn.execute(_NEXT_QUEUED, {"limit": limit})):
+            token = new_id()
+            row = await update_run(
+                tx,
+                found.id,
+                {
+                    "status": "in_progress",
+                    "worker_id": worker_id,
+                    "lease_token": token,
+                    "lease_until": ts + lease_s,
+                    "attempts": found.attempts + 1,
+                    "started_at": found.started_at if found.started_at is not None else ts,
+                    "turn_deadline": found.turn_deadline
+                    if found.turn_deadline is not None
+                    else ts + found.timeout_s,
+                },
+                match={"status": "queued"},
+                events=status_events("in_progress"),
+            )
+            if row is not None:
+                claimed.append((Lease(found.id, token, worker_id), row))
+    return claimed
+
+
 async def claim_next_run(db: Database, worker_id: str, lease_s: float) -> tuple[Lease, Any] | None:
     """Atomically take the oldest queued run; (lease, row) or None when the queue is empty."""
-    ts = now()
-    candidate = (
-        sa.select(runs.c.id)
-        .where(runs.c.status == "queued")
-        .order_by(runs.c.queued_at, runs.c.id)
-        .limit(1)
-        # PostgreSQL: concurrent claimers skip each other's rows. SQLite: BEGIN IMMEDIATE
-        # already serialises writers, and SQLAlchemy renders no FOR UPDATE there.
-        .with_for_update(skip_locked=True)
-    )
-    token = new_id()
-    async with db.write() as tx:
-        run_id = (await tx.conn.execute(candidate)).scalar_one_or_none()
-        if run_id is None:
-            return None
-        row = await update_run(
-            tx,
-            run_id,
-            {
-                "status": "in_progress",
-                "worker_id": worker_id,
-                "lease_token": token,
-                "lease_until": ts + lease_s,
-                "attempts": runs.c.attempts + 1,
-                "started_at": sa.func.coalesce(runs.c.started_at, ts),
-                "turn_deadline": sa.func.coalesce(runs.c.turn_deadline, ts + runs.c.timeout_s),
-            },
-            where=[runs.c.status == "queued"],
-            events=status_events("in_progress"),
-        )
-    return (Lease(run_id, token, worker_id), row) if row is not None else None
+    claimed = await claim_runs(db, worker_id, lease_s, 1)
+    return claimed[0] if claimed else None
 
 
 async def extend_leases(db: Database, leases: list[Lease], lease_s: float) -> set[str]:

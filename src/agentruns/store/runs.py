@@ -17,6 +17,8 @@ from agentruns.store.tables import idempotency_keys, runs
 from agentruns.store.transitions import TERMINAL_STATUSES, render_run, status_events, update_run
 
 IDEMPOTENCY_WINDOW_S = 24 * 3600
+# Pre-built: SQLAlchemy spends far longer building a statement than running a built one.
+_INSERT_RUN = runs.insert().returning(runs)
 
 
 class StateConflict(Exception):
@@ -108,33 +110,28 @@ async def _create_run(
                         idempotency_keys.c.key == idempotency_key,
                     )
                 )
-        row = (
-            await tx.conn.execute(
-                runs.insert()
-                .values(
-                    id=run_id,
-                    project_id=new.project_id,
-                    agent_id=new.agent_id,
-                    agent_version=new.agent_version,
-                    status="queued",
-                    vars=new.vars,
-                    results=new.results,
-                    pending_tool_calls=[],
-                    callback_url=new.callback_url,
-                    bundle=new.bundle,
-                    environment=new.environment,
-                    usage={"requests": 0, "input_tokens": 0, "output_tokens": 0},
-                    metadata=new.metadata,
-                    timeout_s=new.timeout_s,
-                    tool_response_timeout_s=new.tool_response_timeout_s,
-                    created_at=ts,
-                    updated_at=ts,
-                    queued_at=ts,
-                    event_seq=1,
-                )
-                .returning(runs)
-            )
-        ).one()
+        values = {
+            "id": run_id,
+            "project_id": new.project_id,
+            "agent_id": new.agent_id,
+            "agent_version": new.agent_version,
+            "status": "queued",
+            "vars": new.vars,
+            "results": new.results,
+            "pending_tool_calls": [],
+            "callback_url": new.callback_url,
+            "bundle": new.bundle,
+            "environment": new.environment,
+            "usage": {"requests": 0, "input_tokens": 0, "output_tokens": 0},
+            "metadata": new.metadata,
+            "timeout_s": new.timeout_s,
+            "tool_response_timeout_s": new.tool_response_timeout_s,
+            "created_at": ts,
+            "updated_at": ts,
+            "queued_at": ts,
+            "event_seq": 1,
+        }
+        row = (await tx.conn.execute(_INSERT_RUN, values)).one()
         await append_messages(tx, run_id, 0, new.messages)
         run = render_run(row)
         await insert_events(tx, run_id, 1, [("run.status", run)])
@@ -162,11 +159,16 @@ async def get_run(db: Database, project_id: str, run_id: str) -> dict[str, Any] 
     return None if row is None else render_run(row)
 
 
-async def get_run_status(db: Database, run_id: str) -> str | None:
+_PROJECT_RUN_STATUS = sa.select(runs.c.status).where(
+    runs.c.id == sa.bindparam("run_id"), runs.c.project_id == sa.bindparam("project_id")
+)
+
+
+async def get_run_status(db: Database, project_id: str, run_id: str) -> str | None:
+    """The run's status, or None if this project has no such run."""
+    params = {"run_id": run_id, "project_id": project_id}
     async with db.read() as conn:
-        return (
-            await conn.execute(sa.select(runs.c.status).where(runs.c.id == run_id))
-        ).scalar_one_or_none()
+        return (await conn.execute(_PROJECT_RUN_STATUS, params)).scalar()
 
 
 async def list_runs(

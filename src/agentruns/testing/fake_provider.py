@@ -108,6 +108,9 @@ class Reply:
     token_delay_s: float = 0.0
     first_token_delay_s: float = 0.0
     cut_stream: bool = False
+    # Stall for `pause_s` after the first `pause_after_tokens` tokens (a model thinking).
+    pause_after_tokens: int = 0
+    pause_s: float = 0.0
 
 
 class FakeProviderState:
@@ -210,6 +213,8 @@ class FakeProviderState:
                 scripted.get("first_token_delay_s", self.config.first_token_delay_s)
             ),
             cut_stream=bool(scripted.get("cut_stream")),
+            pause_after_tokens=int(scripted.get("pause_after_tokens") or 0),
+            pause_s=float(scripted.get("pause_s") or 0),
         )
         usage = scripted.get("usage") or {}
         reply.input_tokens = int(usage.get("input_tokens", conversation.input_words))
@@ -243,12 +248,14 @@ async def paced_frames(
     """Stream frames, sleeping before each token frame; stop half-way for `cut_stream`."""
     if reply.cut_stream:
         frames = frames[: max(1, len(frames) // 2)]
-    first = True
+    tokens = 0
     try:
         for payload, is_token in frames:
             if is_token:
-                delay = reply.first_token_delay_s if first else reply.token_delay_s
-                first = False
+                delay = reply.first_token_delay_s if tokens == 0 else reply.token_delay_s
+                if tokens and tokens == reply.pause_after_tokens:
+                    delay += reply.pause_s
+                tokens += 1
                 if delay > 0:
                     await asyncio.sleep(delay)
             yield payload

@@ -2,17 +2,29 @@
 
 from __future__ import annotations
 
+from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
-from fastapi.templating import Jinja2Templates
 
 from agentruns import __version__
 
+if TYPE_CHECKING:
+    from fastapi.templating import Jinja2Templates
+
 HERE = Path(__file__).parent
-templates = Jinja2Templates(directory=HERE / "templates")
+
+
+@cache
+def templates() -> Jinja2Templates:
+    """The page templates, loaded at the first page view: Jinja2 is not imported before."""
+    from fastapi.templating import Jinja2Templates
+
+    return Jinja2Templates(directory=HERE / "templates")
+
 
 # No inline script or style anywhere: an injected tag could otherwise read the key
 # from sessionStorage. Everything the pages load comes from this origin.
@@ -43,7 +55,7 @@ router = APIRouter(include_in_schema=False)
 
 def page(request: Request, template: str, title: str, **context: object) -> HTMLResponse:
     """Render one page shell; ids from the path reach the JS as escaped data attributes."""
-    return templates.TemplateResponse(
+    return templates().TemplateResponse(
         request,
         template,
         # Each page has one script module, named like its template.

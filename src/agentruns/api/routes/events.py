@@ -69,11 +69,11 @@ async def event_stream(
             batch = _contiguous(pushed, after)
             finished = more = False
             if batch is None:
-                # Status first: a terminal status read here means its events are already
-                # committed, so the read below sees them all before the stream may close.
                 try:
-                    finished = await runs.get_run_status(db, run_id) in TERMINAL_STATUSES
-                    batch = await event_store.list_events(db, run_id, after=after, limit=PAGE)
+                    status, batch = await event_store.status_and_events(
+                        db, run_id, after=after, limit=PAGE
+                    )
+                    finished = status in TERMINAL_STATUSES
                 except StoreError:
                     # The database is away: end the stream; the client resumes with
                     # Last-Event-ID once it is back (the response has begun: no 503 now).
@@ -116,7 +116,7 @@ async def stream_events(
         if not EVENT_ID.fullmatch(last_event_id.strip()) or int(last_event_id) > MAX_SEQ:
             raise APIError(400, "Last-Event-ID must be an event id (a non-negative integer)")
         start = max(start, int(last_event_id))
-    if await runs.get_run(request.app.state.db, project, run_id) is None:
+    if await runs.get_run_status(request.app.state.db, project, run_id) is None:
         raise not_found("run", run_id)
     settings = request.app.state.settings
     return StreamingResponse(

@@ -108,11 +108,13 @@ class OpenAIChatModel:
     async def stream(
         self, messages: list[Message], tools: list[ToolDefinition], settings: dict[str, Any]
     ) -> AsyncIterator[ModelEvent]:
+        # Dropped once sent: otherwise the body would live as long as the response streams.
         content = orjson.dumps(self.request_body(messages, tools, settings))
         try:
             async with self._client.stream(
                 "POST", self._url, content=content, headers=self._headers, timeout=self._timeout
             ) as response:
+                del content
                 if response.status_code >= 400:
                     raise error_from_response(
                         response,

@@ -54,18 +54,46 @@ class StreamedResponse:
         self._timeout = read_timeout
         self.reusable = False
         self._consumed = False
+        self._loop = asyncio.get_running_loop()
+        self._read_started: float | None = None  # while a read waits
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._timed_out = False
+
+    def _watch(self) -> None:
+        # One timer per response instead of one per read: most reads find their data
+        # already buffered, and arming a timeout for each cost more than the read itself.
+        started, now = self._read_started, self._loop.time()
+        if started is not None and now - started >= self._timeout:
+            self._timed_out = True
+            self._conn.writer.transport.abort()  # the waiting read then sees the end
+            return
+        wait = self._timeout if started is None else started + self._timeout - now
+        self._watchdog = self._loop.call_later(wait, self._watch)
+
+    def close_watch(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
 
     async def _read(self, reading: Any) -> bytes:
+        if self._watchdog is None:
+            self._watch()
+        self._read_started = self._loop.time()
         try:
-            async with asyncio.timeout(self._timeout):
-                data: bytes = await reading
-                return data
-        except TimeoutError as exc:
-            raise httpx.ReadTimeout(f"no data for {self._timeout:g} s") from exc
+            data: bytes = await reading
         except asyncio.IncompleteReadError as exc:
+            if self._timed_out:
+                raise httpx.ReadTimeout(f"no data for {self._timeout:g} s") from exc
             raise httpx.RemoteProtocolError("the server closed the connection mid-body") from exc
         except (ConnectionError, OSError) as exc:
+            if self._timed_out:
+                raise httpx.ReadTimeout(f"no data for {self._timeout:g} s") from exc
             raise httpx.ReadError(str(exc) or type(exc).__name__) from exc
+        finally:
+            self._read_started = None
+        if self._timed_out:
+            raise httpx.ReadTimeout(f"no data for {self._timeout:g} s")
+        return data
 
     async def aiter_bytes(self) -> AsyncIterator[bytes]:
         if self._consumed:
@@ -181,9 +209,13 @@ class ModelHTTPClient:
         target = parts.path or "/"
         if parts.query:
             target += "?" + parts.query
-        head = _request_head(method, target, parts.netloc, content, headers or {})
+        request = _request_head(method, target, parts.netloc, content, headers or {}) + content
+        # A response may stream for minutes: don't hold the request meanwhile (orjson's
+        # bodies keep a 4 KB buffer, which at thousands of calls in flight adds up).
+        del content
         async with self._slots:
-            conn, response = await self._send(origin, head + content, read_timeout or 300.0)
+            conn, response = await self._send(origin, request, read_timeout or 300.0)
+            del request
             try:
                 yield response
                 if not response._consumed:
@@ -191,6 +223,8 @@ class ModelHTTPClient:
             except BaseException:
                 conn.close()
                 raise
+            finally:
+                response.close_watch()
             if response.reusable and len(self._idle[origin]) < self._max_idle:
                 self._idle[origin].append(conn)
             else:

@@ -8,11 +8,14 @@ never reaches a tool or a client. Each retry costs a model step, so
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import best_match
+
+# jsonschema (with referencing, attrs and rpds) is imported by the functions that use it,
+# not at start: a server that has not yet checked a tool schema needs none of it.
+if TYPE_CHECKING:
+    from jsonschema import Draft202012Validator
 
 
 class InvalidArguments(ValueError):
@@ -21,6 +24,8 @@ class InvalidArguments(ValueError):
 
 @lru_cache(maxsize=1024)
 def _validator(schema_json: bytes) -> Draft202012Validator:
+    from jsonschema import Draft202012Validator
+
     return Draft202012Validator(orjson.loads(schema_json))
 
 
@@ -37,6 +42,8 @@ def parse_arguments(name: str, arguments: str | None, schema: dict[str, Any]) ->
         raise InvalidArguments(
             f"error: the arguments for {name} must be a JSON object; call it again"
         )
+    from jsonschema.exceptions import best_match
+
     validator = _validator(orjson.dumps(schema, option=orjson.OPT_SORT_KEYS))
     problem = best_match(validator.iter_errors(value))
     if problem is not None:
@@ -52,6 +59,8 @@ def check_schema(schema: Any) -> None:
     """Raise ValueError if `schema` is not a usable JSON Schema for tool parameters."""
     if not isinstance(schema, dict):
         raise ValueError("parameters must be a JSON Schema object")
+    from jsonschema import Draft202012Validator
+
     try:
         Draft202012Validator.check_schema(schema)
     except Exception as exc:

@@ -18,8 +18,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from agentruns.engine.tools.builtin import BUILTIN_TOOLS
 from agentruns.engine.tools.specs import ToolSpecError, validate_tool_specs
 from agentruns.errors import ConfigurationError
@@ -36,6 +34,8 @@ def load_config_file(path: Path | None) -> dict[str, Any]:
     """The parsed config file, or {} without one; ConfigurationError says what is wrong."""
     if path is None:
         return {}
+    import yaml  # here: a server without a config file never needs it
+
     try:
         loaded = yaml.safe_load(Path(path).read_text()) or {}
     except OSError as exc:

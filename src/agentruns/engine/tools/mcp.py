@@ -4,6 +4,9 @@ A worker keeps one session per (project, server spec) alive across runs and
 starts it again when it died. Each session is owned by a background task,
 because the SDK's transports are anyio context managers that must be entered
 and left by the same task; runs only send requests through it.
+
+The SDK (with httpx2 and mcp_types) is imported when the first session starts, not with
+this module: it adds about 25 MB to a process, and many servers never start an MCP server.
 """
 
 from __future__ import annotations
@@ -13,15 +16,9 @@ import contextlib
 import logging
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx2
-import mcp_types
 import orjson
-from mcp import ClientSession, StdioServerParameters, stdio_client
-from mcp.client.streamable_http import streamable_http_client
-from mcp.shared.exceptions import MCPError
-from mcp_types.jsonrpc import CONNECTION_CLOSED
 
 from agentruns.engine.models.base import ToolDefinition
 from agentruns.engine.tools.arguments import check_schema
@@ -29,6 +26,10 @@ from agentruns.engine.tools.secrets import ResolvedSecrets
 from agentruns.engine.tools.specs import McpServerSpec
 from agentruns.errors import ToolError
 from agentruns.netguard import HostNotFound, UnsafeURL, resolve_public
+
+if TYPE_CHECKING:
+    import mcp_types
+    from mcp import ClientSession
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +68,13 @@ def describe_error(exc: BaseException) -> str:
     """The innermost, most telling part of an error (anyio wraps them in groups)."""
     while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
         exc = exc.exceptions[0]
-    if isinstance(exc, MCPError):
-        return exc.message
+    try:
+        from mcp.shared.exceptions import MCPError
+    except ImportError:  # the SDK itself failed to load: describe that error plainly
+        pass
+    else:
+        if isinstance(exc, MCPError):
+            return exc.message
     if isinstance(exc, TimeoutError):
         return "timed out"
     text = str(exc)
@@ -77,6 +83,8 @@ def describe_error(exc: BaseException) -> str:
 
 def result_text(result: mcp_types.CallToolResult) -> str:
     """What the model sees of a tool result: its text, with other content named."""
+    import mcp_types
+
     parts: list[str] = []
     for block in result.content:
         if isinstance(block, mcp_types.TextContent):
@@ -142,6 +150,13 @@ class McpConnection:
 
     async def _own(self, ready: asyncio.Future[None]) -> None:
         try:
+            # The first session loads the SDK: in a thread, so that the other runs' streams
+            # do not stall for the few hundred milliseconds it takes.
+            await asyncio.to_thread(_import_sdk)
+            import httpx2
+            from mcp import ClientSession, StdioServerParameters, stdio_client
+            from mcp.client.streamable_http import streamable_http_client
+
             async with contextlib.AsyncExitStack() as stack:
                 if self.spec.transport == "stdio":
                     assert self.spec.command is not None
@@ -186,6 +201,10 @@ class McpConnection:
         return True
 
     async def call(self, name: str, arguments: dict[str, Any]) -> mcp_types.CallToolResult:
+        import mcp_types
+        from mcp.shared.exceptions import MCPError
+        from mcp_types.jsonrpc import CONNECTION_CLOSED
+
         session = self.session
         if not self.alive or session is None:
             raise _ConnectionLost
@@ -232,7 +251,13 @@ class McpConnection:
             pass
 
 
+def _import_sdk() -> None:
+    import mcp.client.streamable_http  # noqa: F401  (imports the rest of the SDK too)
+
+
 async def _list_all_tools(session: ClientSession) -> list[mcp_types.Tool]:
+    import mcp_types
+
     listing = await session.list_tools()
     tools = list(listing.tools)
     pages = 0
