@@ -81,19 +81,22 @@ class StreamedResponse:
         self._read_started = self._loop.time()
         try:
             data: bytes = await reading
-        except asyncio.IncompleteReadError as exc:
+        except (asyncio.IncompleteReadError, ConnectionError, OSError) as exc:
+            # The watchdog aborts the connection, so a timeout shows up as a broken read.
             if self._timed_out:
-                raise httpx.ReadTimeout(f"no data for {self._timeout:g} s") from exc
-            raise httpx.RemoteProtocolError("the server closed the connection mid-body") from exc
-        except (ConnectionError, OSError) as exc:
-            if self._timed_out:
-                raise httpx.ReadTimeout(f"no data for {self._timeout:g} s") from exc
+                raise self._timeout_error() from exc
+            if isinstance(exc, asyncio.IncompleteReadError):
+                closed = "the server closed the connection mid-body"
+                raise httpx.RemoteProtocolError(closed) from exc
             raise httpx.ReadError(str(exc) or type(exc).__name__) from exc
         finally:
             self._read_started = None
         if self._timed_out:
-            raise httpx.ReadTimeout(f"no data for {self._timeout:g} s")
+            raise self._timeout_error()
         return data
+
+    def _timeout_error(self) -> httpx.ReadTimeout:
+        return httpx.ReadTimeout(f"no data for {self._timeout:g} s")
 
     async def aiter_bytes(self) -> AsyncIterator[bytes]:
         if self._consumed:
