@@ -13,6 +13,7 @@ import uvicorn
 from rich.console import Console
 
 from agentruns.config import Settings
+from agentruns.heap import freeze_startup_heap
 from agentruns.store import projects
 from agentruns.store.database import Database
 from agentruns.store.schema_version import schema_is_current
@@ -152,6 +153,7 @@ def run_worker(settings: Settings, *, run_migrations: bool = True) -> None:
                 loop = asyncio.get_running_loop()
                 for sig in (signal.SIGINT, signal.SIGTERM):
                     loop.add_signal_handler(sig, stop)
+                freeze_startup_heap()
                 tasks = [asyncio.create_task(worker.run()), asyncio.create_task(dispatcher.run())]
                 # Both stop on a signal; if either crashes, the other stops too and we fail.
                 await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)

@@ -144,6 +144,7 @@ def test_idempotency_key_over_http(api: Api, seeded: tuple[dict[str, Any], dict[
     first = api.ok("POST", "/v1/agent-runs", json=body, headers=key)
     second = api.ok("POST", "/v1/agent-runs", json=body, headers=key)
     assert first["id"] == second["id"]
+    api.wait(first["id"])  # the run's own progress would change the snapshot
     before = snapshot(api)
     clash = api.call("POST", "/v1/agent-runs", json={**body, "message": "twice"}, headers=key)
     assert clash.status_code == 409 and "Idempotency-Key" in clash.json()["error"]["message"]

@@ -251,3 +251,27 @@ async def test_a_database_failure_mid_run_hands_the_run_back(db_url: str, fail_a
         assert db.calls > fail_at  # it failed once, then went on
     finally:
         await db.close()
+
+
+async def test_a_full_worker_takes_the_next_queued_run_as_soon_as_a_slot_frees(
+    db: Database,
+) -> None:
+    """A backlog is worked through at the runs' pace, not at the poll interval's."""
+    project = await make_project(db)
+    agent = await make_agent(db, project, model="test")
+    backlog = [await make_run(db, project, agent["id"], f"run {i}") for i in range(6)]
+    async with httpx.AsyncClient() as http:
+        executor = Executor(db, http=http, default_model="test")
+        # No poll would come within the test: only a freed slot can start the next run.
+        worker = Worker(db, executor, concurrency=2, lease_s=30, poll_interval_s=60)
+        task = asyncio.create_task(worker.run())
+        try:
+
+            async def all_done() -> bool:
+                found = [await runs.get_run(db, project, run["id"]) for run in backlog]
+                return all(run["status"] == "completed" for run in found)
+
+            await _until(all_done, timeout_s=10)
+        finally:
+            worker.stop()
+            await task

@@ -22,6 +22,7 @@ from agentruns.engine.models.transport import ModelClient, ModelHTTPClient
 from agentruns.engine.presence import Presence
 from agentruns.engine.tools import ToolRuntime
 from agentruns.engine.worker import Worker
+from agentruns.heap import freeze_startup_heap
 from agentruns.store.database import Database
 from agentruns.web import mount as mount_dashboard
 from agentruns.webhooks import Dispatcher
@@ -108,6 +109,7 @@ def create_app(settings: Settings, *, with_worker: bool = False) -> FastAPI:
                 worker = build_worker(db, settings, http, worker_id=presence.worker_id)
                 worker_task = asyncio.create_task(worker.run(), name="agentruns-worker")
                 worker_task.add_done_callback(_report_worker_exit)
+            freeze_startup_heap()
             try:
                 yield
             finally:
@@ -134,9 +136,10 @@ def create_app(settings: Settings, *, with_worker: bool = False) -> FastAPI:
     app.state.default_bundle = bundles.default_bundle_from_settings(settings)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     install_error_handlers(app)
-    app.include_router(agents.router)
-    app.include_router(runs.router)
+    # Routes are matched in order, one by one: the calls every run makes come first.
     app.include_router(events.router)
+    app.include_router(runs.router)
+    app.include_router(agents.router)
     app.include_router(webhooks.router)
     app.include_router(tools.router)
     app.include_router(bundles.router)

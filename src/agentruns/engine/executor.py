@@ -61,6 +61,8 @@ class RunProgress:
     # Server-side calls a lost worker started but never answered: their outcome is unknown.
     interrupted: set[str] = field(default_factory=set)
     tool_response_timeout_s: float | None = None
+    # The call whose `tool_call.started` went out with the message that asked for it.
+    announced_call: str | None = None
 
 
 def unanswered_tool_calls(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -248,6 +250,12 @@ class Executor:
         if progress.pending_delta:
             events.append(("message.delta", {"delta": "".join(progress.pending_delta)}))
         events.append(("message.completed", message))
+        # The first call is about to run if it is a server-side one: saying so in this
+        # commit spares the run a write of its own just before the call.
+        announced = None
+        if tool_calls and not toolset.is_client_tool(tool_calls[0]["name"]):
+            announced = tool_calls[0]
+            events.append(("tool_call.started", announced))
         results = list(progress.results)
         if content:
             results.append({"type": "message", "role": "assistant", "content": content})
@@ -273,6 +281,7 @@ class Executor:
             progress.results, progress.usage = results, usage_total
             progress.turn_steps += 1
             progress.finished = not tool_calls
+            progress.announced_call = None if announced is None else announced["id"]
 
         await self._commit(progress, values, events, [message], then=committed)
 
@@ -327,7 +336,10 @@ class Executor:
                 )
                 return
             log.info("run %s: calling %s again after a crash", progress.lease.run_id, call["id"])
-        await self._commit(progress, events=[("tool_call.started", call)])
+        if progress.announced_call == call["id"]:
+            progress.announced_call = None
+        else:
+            await self._commit(progress, events=[("tool_call.started", call)])
         started = asyncio.get_running_loop().time()
         output, is_error = await self._call_tool(toolset, call)
         duration_ms = round((asyncio.get_running_loop().time() - started) * 1000)

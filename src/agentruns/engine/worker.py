@@ -53,6 +53,8 @@ class Worker:
         self.worker_id = worker_id or make_worker_id()
         self._running: dict[str, tuple[Lease, asyncio.Task[None]]] = {}
         self._stopping = asyncio.Event()
+        # Set while every slot is taken: the next run to finish then wakes the claim loop.
+        self._slot_wanted: asyncio.Event | None = None
 
     def stop(self) -> None:
         """Ask the worker to stop claiming and shut down gracefully."""
@@ -78,7 +80,9 @@ class Worker:
         with self.db.notifier.watch_queue() as wake:
             while not self._stopping.is_set():
                 wake.clear()
-                if len(self._running) < self.concurrency and await self._claim_some():
+                if len(self._running) >= self.concurrency:
+                    self._slot_wanted = wake
+                elif await self._claim_some():
                     # On SQLite a claim never suspends: without this, a deep queue would be
                     # claimed whole before any claimed run starts or any request is served.
                     await asyncio.sleep(0)
@@ -95,7 +99,12 @@ class Worker:
                 waiter.cancel()
 
     async def _claim_some(self) -> bool:
-        """Claim up to `CLAIM_BATCH` runs for the free slots and start them; whether any."""
+        """Claim up to `CLAIM_BATCH` runs for the free slots and start them.
+
+        True when it took all it asked for: the queue may hold more. Fewer means it was
+        empty; a run queued since then wakes the loop, so asking again at once would
+        only cost a write transaction.
+        """
         free = min(self.concurrency - len(self._running), CLAIM_BATCH)
         try:
             claimed = await queue.claim_runs(self.db, self.worker_id, self.lease_s, free)
@@ -107,7 +116,7 @@ class Worker:
         for lease, row in claimed:
             task = asyncio.create_task(self._execute(lease, row), name=f"run-{lease.run_id}")
             self._running[lease.token] = (lease, task)
-        return bool(claimed)
+        return len(claimed) == free
 
     async def _execute(self, lease: Lease, row: object) -> None:
         def on_event(event_type: str) -> None:
@@ -130,6 +139,9 @@ class Worker:
             log.exception("run %s: executor crashed", lease.run_id)
         finally:
             self._running.pop(lease.token, None)
+            if self._slot_wanted is not None:
+                self._slot_wanted.set()
+                self._slot_wanted = None
 
     async def _hand_back(self, lease: Lease) -> None:
         """Return the run to the queue, retrying while the database comes back.

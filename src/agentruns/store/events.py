@@ -22,6 +22,7 @@ _AFTER = (
     .limit(sa.bindparam("limit"))
 )
 _STATUS = sa.select(runs.c.status).where(runs.c.id == sa.bindparam("run_id"))
+_PROJECT_STATUS = _STATUS.where(runs.c.project_id == sa.bindparam("project_id"))
 
 
 async def insert_events(
@@ -52,9 +53,11 @@ async def list_events(
 
 
 async def status_and_events(
-    db: Database, run_id: str, *, after: int, limit: int
+    db: Database, run_id: str, *, after: int, limit: int, project_id: str | None = None
 ) -> tuple[str | None, list[RunEvent]]:
     """The run's status, then its events after `after`, in one read transaction.
+
+    With `project_id`, a run of another project reads as missing: (None, []).
 
     The order is what matters (PostgreSQL reads each statement in its own snapshot): a
     terminal status seen first means the events read next include the terminal one, so a
@@ -62,7 +65,13 @@ async def status_and_events(
     """
     params = {"run_id": run_id, "after": after, "limit": limit}
     async with db.read() as conn:
-        status = (await conn.execute(_STATUS, {"run_id": run_id})).scalar()
+        if project_id is None:
+            status = (await conn.execute(_STATUS, {"run_id": run_id})).scalar()
+        else:
+            owner = {"run_id": run_id, "project_id": project_id}
+            status = (await conn.execute(_PROJECT_STATUS, owner)).scalar()
+        if status is None:
+            return None, []
         return status, [RunEvent(*row) for row in await conn.execute(_AFTER, params)]
 
 

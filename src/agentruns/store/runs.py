@@ -159,18 +159,6 @@ async def get_run(db: Database, project_id: str, run_id: str) -> dict[str, Any] 
     return None if row is None else render_run(row)
 
 
-_PROJECT_RUN_STATUS = sa.select(runs.c.status).where(
-    runs.c.id == sa.bindparam("run_id"), runs.c.project_id == sa.bindparam("project_id")
-)
-
-
-async def get_run_status(db: Database, project_id: str, run_id: str) -> str | None:
-    """The run's status, or None if this project has no such run."""
-    params = {"run_id": run_id, "project_id": project_id}
-    async with db.read() as conn:
-        return (await conn.execute(_PROJECT_RUN_STATUS, params)).scalar()
-
-
 async def list_runs(
     db: Database,
     project_id: str,

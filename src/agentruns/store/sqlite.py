@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import sqlite3
+import threading
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -19,8 +22,20 @@ import sqlalchemy as sa
 
 from agentruns.errors import StoreError
 
+log = logging.getLogger(__name__)
+
 LOCK_WAIT_S = 15.0
-PRAGMAS = ("journal_mode=WAL", "synchronous=NORMAL", "busy_timeout=0", "foreign_keys=ON")
+# No checkpoint inside a commit: the `Checkpointer` thread does them (see there).
+PRAGMAS = (
+    "journal_mode=WAL",
+    "synchronous=NORMAL",
+    "busy_timeout=0",
+    "foreign_keys=ON",
+    "wal_autocheckpoint=0",
+)
+# A checkpoint is asked for after this many write transactions, and made at least this often.
+CHECKPOINT_EVERY_WRITES = 200
+CHECKPOINT_EVERY_S = 1.0
 
 
 class LoopConnection:
@@ -55,6 +70,10 @@ class SQLiteConnections:
         )
         sa.event.listen(self.engine, "connect", _configure)
         self._idle: list[sa.Connection] = []
+        path = self.engine.url.database
+        in_memory = not path or path == ":memory:" or path.startswith("file::memory:")
+        self._checkpointer = None if in_memory else Checkpointer(path)
+        self._writes = 0
 
     def _acquire(self) -> sa.Connection:
         if self._idle:
@@ -99,6 +118,11 @@ class SQLiteConnections:
             except sa.exc.OperationalError as exc:
                 conn.rollback()
                 raise StoreError(f"the database failed: {exc.orig}") from exc
+            if write and self._checkpointer is not None:
+                self._writes += 1
+                if self._writes >= CHECKPOINT_EVERY_WRITES:
+                    self._writes = 0
+                    self._checkpointer.request()
         except sa.exc.OperationalError as exc:
             raise StoreError(f"the database failed: {exc.orig}") from exc
         finally:
@@ -108,6 +132,51 @@ class SQLiteConnections:
         while self._idle:
             self._idle.pop().close()
         self.engine.dispose()
+        if self._checkpointer is not None:
+            self._checkpointer.stop()
+
+
+class Checkpointer:
+    """Copies the write-ahead log into the database file from a thread of its own.
+
+    SQLite otherwise checkpoints inside the commit that grows the log past 1,000 pages:
+    a few milliseconds of copying and fsync on the event loop, which every run and
+    request of the process then waits out. Here the copy runs beside the loop (sqlite3
+    releases the GIL while it works). PASSIVE never waits for a lock, so it never holds
+    up a writer; whatever it could not copy it copies next time.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._due = threading.Event()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="sqlite-checkpoint", daemon=True)
+        self._thread.start()
+
+    def request(self) -> None:
+        self._due.set()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._due.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        conn: sqlite3.Connection | None = None
+        try:
+            while not self._stopping:
+                self._due.wait(CHECKPOINT_EVERY_S)
+                self._due.clear()
+                try:
+                    if conn is None:
+                        conn = sqlite3.connect(self.path, isolation_level=None)
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                except sqlite3.Error as exc:
+                    log.warning("SQLite checkpoint failed (retried later): %s", exc)
+        finally:
+            # The last connection to close copies what is left and removes the log.
+            if conn is not None:
+                conn.close()
 
 
 def _configure(dbapi_connection: Any, _record: Any) -> None:

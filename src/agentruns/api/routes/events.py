@@ -14,7 +14,7 @@ import contextlib
 import itertools
 import logging
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 
 import orjson
 from fastapi import APIRouter, Depends, Header, Query, Request
@@ -24,7 +24,6 @@ from agentruns.api.auth import current_project
 from agentruns.api.errors import APIError, not_found
 from agentruns.errors import StoreError
 from agentruns.store import events as event_store
-from agentruns.store import runs
 from agentruns.store.events import TERMINAL_EVENTS
 from agentruns.store.notify import RunEvent
 from agentruns.store.transitions import TERMINAL_STATUSES
@@ -56,30 +55,35 @@ def _contiguous(pushed: list[RunEvent], after: int) -> list[RunEvent] | None:
 
 
 async def event_stream(
-    request: Request, run_id: str, after: int, *, heartbeat_s: float, poll_s: float
-) -> AsyncIterator[bytes]:
+    request: Request,
+    project: str,
+    run_id: str,
+    after: int,
+    *,
+    heartbeat_s: float,
+    poll_s: float,
+) -> AsyncGenerator[bytes | None, None]:
+    """The run's events as SSE bytes, after a first item that says whether the run exists.
+
+    The first item is None if the project has no such run, else b"". The first page is
+    read for it, once notifications are watched (nothing committed in between is missed):
+    so the route learns whether the run exists without a read of its own.
+    """
     db = request.app.state.db
     loop = asyncio.get_running_loop()
     last_sent = loop.time()
     with db.notifier.watch_run(run_id) as watch:
-        pushed: list[RunEvent] = []
+        # A database error here reaches the route (a 503); later ones end the stream.
+        status, batch = await event_store.status_and_events(
+            db, run_id, after=after, limit=PAGE, project_id=project
+        )
+        if status is None:
+            yield None
+            return
+        yield b""  # the run exists: the response can begin
+        finished = status in TERMINAL_STATUSES
+        more = len(batch) == PAGE
         while True:
-            # Events committed in this process arrive with their notification; anything
-            # else (another process wrote them, or a gap) is read from the table.
-            batch = _contiguous(pushed, after)
-            finished = more = False
-            if batch is None:
-                try:
-                    status, batch = await event_store.status_and_events(
-                        db, run_id, after=after, limit=PAGE
-                    )
-                    finished = status in TERMINAL_STATUSES
-                except StoreError:
-                    # The database is away: end the stream; the client resumes with
-                    # Last-Event-ID once it is back (the response has begun: no 503 now).
-                    log.warning("event stream of run %s ended: database unavailable", run_id)
-                    return
-                more = len(batch) == PAGE
             if batch:
                 chunk = []
                 for event in batch:
@@ -100,7 +104,29 @@ async def event_stream(
             if not (more or watch.woken.is_set()):
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(watch.woken.wait(), min(poll_s, heartbeat_s))
-            pushed = watch.take()
+            # Events committed in this process arrive with their notification; anything
+            # else (another process wrote them, or a gap) is read from the table.
+            batch = _contiguous(watch.take(), after)
+            finished = more = False
+            if batch is None:
+                try:
+                    status, batch = await event_store.status_and_events(
+                        db, run_id, after=after, limit=PAGE
+                    )
+                except StoreError:
+                    # The database is away: end the stream; the client resumes with
+                    # Last-Event-ID once it is back (the response has begun: no 503 now).
+                    log.warning("event stream of run %s ended: database unavailable", run_id)
+                    return
+                finished = status in TERMINAL_STATUSES
+                more = len(batch) == PAGE
+
+
+async def _rest(stream: AsyncGenerator[bytes | None, None]) -> AsyncIterator[bytes]:
+    async with contextlib.aclosing(stream):
+        async for chunk in stream:
+            if chunk:
+                yield chunk
 
 
 @router.get("/{run_id}/events")
@@ -116,17 +142,21 @@ async def stream_events(
         if not EVENT_ID.fullmatch(last_event_id.strip()) or int(last_event_id) > MAX_SEQ:
             raise APIError(400, "Last-Event-ID must be an event id (a non-negative integer)")
         start = max(start, int(last_event_id))
-    if await runs.get_run_status(request.app.state.db, project, run_id) is None:
-        raise not_found("run", run_id)
     settings = request.app.state.settings
+    stream = event_stream(
+        request,
+        project,
+        run_id,
+        start,
+        heartbeat_s=settings.sse_heartbeat_s,
+        poll_s=settings.poll_interval_s,
+    )
+    first = await anext(stream)
+    if first is None:
+        await stream.aclose()
+        raise not_found("run", run_id)
     return StreamingResponse(
-        event_stream(
-            request,
-            run_id,
-            start,
-            heartbeat_s=settings.sse_heartbeat_s,
-            poll_s=settings.poll_interval_s,
-        ),
+        _rest(stream),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

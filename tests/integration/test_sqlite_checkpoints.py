@@ -1,0 +1,60 @@
+"""SQLite's write-ahead log is copied into the database file by a thread, never by a commit."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from pathlib import Path
+
+import orjson
+import sqlalchemy as sa
+
+from agentruns.store.sqlite import CHECKPOINT_EVERY_WRITES, SQLiteConnections
+
+ROWS = 3 * CHECKPOINT_EVERY_WRITES
+
+
+def rows_in_the_database_file(path: Path) -> int:
+    """Rows a reader of the main file alone sees: only what checkpoints copied there."""
+    with sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True) as conn:
+        return conn.execute("SELECT count(*) FROM notes").fetchone()[0]
+
+
+async def write_notes(connections: SQLiteConnections, count: int) -> None:
+    for i in range(count):
+        async with connections.transaction(write=True) as conn:
+            await conn.execute(
+                sa.text("INSERT INTO notes (body) VALUES (:body)"), {"body": "x" * 500 + str(i)}
+            )
+
+
+def test_the_log_is_checkpointed_by_the_thread_and_emptied_at_close(tmp_path: Path) -> None:
+    path = tmp_path / "db.sqlite"
+    checkpoints_in_commits: list[int] = []
+
+    async def scenario() -> None:
+        connections = SQLiteConnections(
+            f"sqlite:///{path}", json_serializer=orjson.dumps, json_deserializer=orjson.loads
+        )
+        try:
+            async with connections.transaction(write=True) as conn:
+                await conn.execute(
+                    sa.text("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)")
+                )
+            await write_notes(connections, ROWS)
+            deadline = time.monotonic() + 10
+            while rows_in_the_database_file(path) < ROWS - CHECKPOINT_EVERY_WRITES:
+                assert time.monotonic() < deadline, "the checkpointer copied nothing"
+                await asyncio.sleep(0.05)
+            async with connections.transaction(write=False) as conn:
+                mode = (await conn.execute(sa.text("PRAGMA wal_autocheckpoint"))).scalar()
+                checkpoints_in_commits.append(mode)
+        finally:
+            connections.close()
+
+    asyncio.run(scenario())
+    assert checkpoints_in_commits == [0]
+    # Closing copies the rest and removes the log.
+    assert rows_in_the_database_file(path) == ROWS
+    assert not (tmp_path / "db.sqlite-wal").exists()
