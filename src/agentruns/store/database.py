@@ -161,6 +161,9 @@ class Database:
                 pool_pre_ping=True,
                 connect_args={"timeout": connect_timeout_s},
             )
+            # Reads need no BEGIN and COMMIT (two round trips): at READ COMMITTED each
+            # statement reads its own snapshot, inside a transaction or not.
+            self._read_engine = self.engine.execution_options(isolation_level="AUTOCOMMIT")
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Database:
@@ -194,17 +197,20 @@ class Database:
     def _transaction(self, *, write: bool) -> contextlib.AbstractAsyncContextManager[Any]:
         if self._sqlite is not None:
             return self._sqlite.transaction(write=write)
-        return self._postgres_transaction()
+        return self._postgres_transaction(write=write)
 
     @contextlib.asynccontextmanager
-    async def _postgres_transaction(self) -> AsyncIterator[Any]:
+    async def _postgres_transaction(self, *, write: bool) -> AsyncIterator[Any]:
         assert self.engine is not None
         try:
-            pg_conn = await self.engine.connect()
+            pg_conn = await (self.engine if write else self._read_engine).connect()
         except (OSError, sa.exc.DBAPIError, sa.exc.TimeoutError) as exc:
             raise StoreError(f"cannot reach the database: {_reason(exc)}") from exc
         try:
-            async with pg_conn.begin():
+            if write:
+                async with pg_conn.begin():
+                    yield pg_conn
+            else:
                 yield pg_conn
         except (OSError, sa.exc.DBAPIError) as exc:
             # Lost connections, a server restart, lock timeouts: the caller may retry.
@@ -230,7 +236,7 @@ class Database:
 
     @contextlib.asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
-        """A read-only snapshot."""
+        """Reads only: one snapshot on SQLite, one per statement on PostgreSQL."""
         async with self._transaction(write=False) as conn:
             yield conn
 
