@@ -33,8 +33,8 @@ class Settings(BaseSettings):
     shutdown_grace_s: float = 10.0
     # Scaling out (docs/deployment.md): dead-worker detection and the PostgreSQL pool.
     worker_dead_after_s: float = 10.0
-    db_pool_size: int = 10
-    db_max_overflow: int = 10
+    db_pool_size: int = 20
+    db_max_overflow: int = 0
     db_pool_timeout_s: float = 10.0
     db_connect_timeout_s: float = 5.0
     max_body_bytes: int = 1024 * 1024

@@ -139,6 +139,7 @@ def run_worker(settings: Settings, *, run_migrations: bool = True) -> None:
     async def main() -> None:
         db = Database.from_settings(settings)
         await db.start()
+        await db.warm_up()
         presence = build_presence(db, settings)
         await presence.start()
         try:

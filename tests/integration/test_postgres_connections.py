@@ -107,3 +107,28 @@ async def test_an_unreachable_server_fails_fast_with_store_error() -> None:
     finally:
         await db.close()
     assert time.monotonic() - started < 5
+
+
+async def test_warm_up_opens_the_whole_pool_before_any_request(postgres_url: str) -> None:
+    async def backends() -> int:
+        conn = await asyncpg.connect(_dsn(postgres_url))
+        try:
+            return int(
+                await conn.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+            )
+        finally:
+            await conn.close()
+
+    db = Database(postgres_url, pool_size=4)
+    try:
+        before = await backends()
+        await db.warm_up()
+        assert await backends() == before + 4
+        async with db.read() as conn:  # served from the pool: no new connection
+            assert (await conn.execute(sa.text("SELECT 1"))).scalar() == 1
+        assert await backends() == before + 4
+    finally:
+        await db.close()

@@ -95,6 +95,7 @@ def create_app(settings: Settings, *, with_worker: bool = False) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         db = Database.from_settings(settings)
         await db.start()
+        await db.warm_up()
         app.state.db = db
         worker_task: asyncio.Task[None] | None = None
         worker: Worker | None = None

@@ -126,8 +126,8 @@ class Database:
         self,
         url: str,
         *,
-        pool_size: int = 10,
-        max_overflow: int = 10,
+        pool_size: int = 20,
+        max_overflow: int = 0,
         pool_timeout_s: float = 10.0,
         connect_timeout_s: float = 5.0,
     ) -> None:
@@ -136,6 +136,7 @@ class Database:
         self.is_postgres = self.url.startswith("postgresql")
         self.notifier = Notifier()
         self.connect_timeout_s = connect_timeout_s
+        self.pool_size = pool_size
         self._listener: PostgresListener | None = None
         self._sqlite: SQLiteConnections | None = None
         self.engine: AsyncEngine | None = None
@@ -184,6 +185,24 @@ class Database:
                 dsn, self.notifier, connect_timeout_s=self.connect_timeout_s
             )
             self._listener.start()
+
+    async def warm_up(self) -> None:
+        """Open the pool's connections now (PostgreSQL), for a long-running process.
+
+        A burst of requests right after start would otherwise wait, each, for a
+        connection to be made and set up (several round trips apiece).
+        """
+        if self.engine is None:
+            return
+        opened: list[AsyncConnection] = []
+        try:
+            for _ in range(self.pool_size):
+                opened.append(await self.engine.connect())
+        except (OSError, sa.exc.DBAPIError, sa.exc.TimeoutError) as exc:
+            raise StoreError(f"cannot reach the database: {_reason(exc)}") from exc
+        finally:
+            for conn in opened:
+                await conn.close()
 
     async def close(self) -> None:
         if self._listener is not None:
