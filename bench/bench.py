@@ -572,12 +572,36 @@ async def run_scenario(
     console.print(f"  {json.dumps(results[name])}")
 
 
+def medians(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each scenario's figures, each the median over the rounds (a flag: true in every one)."""
+    merged: dict[str, Any] = {}
+    for scenario, figures in rounds[0].items():
+        merged[scenario] = {}
+        for key, value in figures.items():
+            values = [r[scenario][key] for r in rounds]
+            if isinstance(value, bool):
+                merged[scenario][key] = all(values)
+            elif all(v == value for v in values):  # a size, the same in every round
+                merged[scenario][key] = value
+            elif isinstance(value, int | float):
+                merged[scenario][key] = round(statistics.median(values), 2)
+            else:
+                merged[scenario][key] = value
+    return merged
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (about 2 minutes)")
     parser.add_argument("--smoke", action="store_true", help="a handful of runs (tests)")
     parser.add_argument("--db", choices=["sqlite", "postgres", "both"], default=None)
     parser.add_argument("--only", default=",".join(SCENARIOS), help="comma-separated scenarios")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="run everything N times on fresh deployments; report each figure's median",
+    )
     parser.add_argument("--out", type=Path, default=Path("bench/results.json"))
     parser.add_argument(
         "--profile",
@@ -601,8 +625,20 @@ def main(argv: list[str] | None = None) -> None:
         "command": " ".join(["python", "bench/bench.py", *(argv or sys.argv[1:])]),
         "sizes": sizes.__dict__,
     }
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
     for database in ("sqlite", "postgres") if db == "both" else (db,):
-        report[database] = asyncio.run(run_scenarios(database, names, sizes, args.profile))
+        rounds = []
+        for number in range(args.repeat):
+            if args.repeat > 1:
+                console.rule(f"{database}: round {number + 1} of {args.repeat}")
+            rounds.append(asyncio.run(run_scenarios(database, names, sizes, args.profile)))
+        report[database] = medians(rounds)
+        if args.repeat > 1:
+            report[f"{database}_rounds"] = rounds
+            console.print(f"[bold]{database}[/] medians of {args.repeat} rounds:")
+            for name, figures in report[database].items():
+                console.print(f"  {name} {json.dumps(figures)}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     console.print(f"wrote {args.out}")
