@@ -7,7 +7,7 @@ import logging
 import signal
 import socket
 from collections.abc import Coroutine
-from typing import Any
+from typing import Any, TypeVar
 
 import uvicorn
 from rich.console import Console
@@ -19,6 +19,7 @@ from agentruns.store.database import Database
 from agentruns.store.schema_version import schema_is_current
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def configure_logging() -> None:
@@ -113,14 +114,13 @@ def listening_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def run_event_loop(main: Coroutine[Any, Any, None]) -> None:
+def run_event_loop(main: Coroutine[Any, Any, T]) -> T:
     """Run on uvloop where it is installed (as uvicorn does for `serve`), else asyncio."""
     try:
         import uvloop
     except ImportError:
-        asyncio.run(main)
-    else:
-        uvloop.run(main)
+        return asyncio.run(main)
+    return uvloop.run(main)
 
 
 def run_worker(settings: Settings, *, run_migrations: bool = True) -> None:
