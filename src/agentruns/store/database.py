@@ -85,6 +85,15 @@ _NOTIFY = sa.select(
 )
 
 
+def notify_column(channel: str, payload: sa.ColumnElement[str]) -> sa.ColumnElement[Any]:
+    """`pg_notify` as a column of a statement's RETURNING clause (PostgreSQL).
+
+    The notification then rides with a statement the transaction sends anyway instead of
+    costing a round trip of its own; like any NOTIFY it is delivered at commit, or never.
+    """
+    return sa.func.pg_notify(sa.literal(channel, sa.Text), payload).label(f"notified_{channel}")
+
+
 @dataclass
 class Tx:
     """A write transaction, and what to announce once it has committed."""
@@ -95,16 +104,23 @@ class Tx:
     queue_changed: bool = False
 
     async def announce_event(
-        self, run_id: str, event_type: str, events: list[RunEvent] | None = None
+        self,
+        run_id: str,
+        event_type: str,
+        events: list[RunEvent] | None = None,
+        *,
+        notified: bool = False,
     ) -> None:
+        """Wake this process's readers after commit, and other processes' (PostgreSQL)
+        unless a statement of the transaction already notified (`notify_column`)."""
         self.run_events.append((run_id, event_type, events))
-        if self.is_postgres:
+        if self.is_postgres and not notified:
             await self.conn.execute(
                 _NOTIFY, {"channel": EVENTS_CHANNEL, "payload": f"{run_id}:{event_type}"}
             )
 
-    async def announce_queued(self) -> None:
-        if not self.queue_changed and self.is_postgres:
+    async def announce_queued(self, *, notified: bool = False) -> None:
+        if not self.queue_changed and self.is_postgres and not notified:
             await self.conn.execute(_NOTIFY, {"channel": QUEUE_CHANNEL, "payload": ""})
         self.queue_changed = True
 

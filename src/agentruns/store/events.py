@@ -26,9 +26,15 @@ _PROJECT_STATUS = _STATUS.where(runs.c.project_id == sa.bindparam("project_id"))
 
 
 async def insert_events(
-    tx: Tx, run_id: str, first_seq: int, events: list[tuple[str, dict[str, Any]]]
+    tx: Tx,
+    run_id: str,
+    first_seq: int,
+    events: list[tuple[str, dict[str, Any]]],
+    *,
+    notified: bool = False,
 ) -> None:
-    """Write events numbered from `first_seq`; the caller reserved the numbers on the run row."""
+    """Write events numbered from `first_seq`; the caller reserved the numbers on the run row
+    (and, with `notified`, already sent the PostgreSQL notification for the last one)."""
     if not events:
         return
     ts = now()
@@ -41,7 +47,7 @@ async def insert_events(
     )
     # Readers in this process take the committed events from the notification itself.
     committed = [RunEvent(first_seq + i, kind, data) for i, (kind, data) in enumerate(events)]
-    await tx.announce_event(run_id, events[-1][0], committed)
+    await tx.announce_event(run_id, events[-1][0], committed, notified=notified)
 
 
 async def list_events(

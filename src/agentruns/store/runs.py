@@ -9,9 +9,10 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from agentruns.store.clock import new_id, now
-from agentruns.store.database import Database
+from agentruns.store.database import Database, notify_column
 from agentruns.store.events import insert_events
 from agentruns.store.messages import append_messages, next_position
+from agentruns.store.notify import EVENTS_CHANNEL, QUEUE_CHANNEL
 from agentruns.store.pagination import page
 from agentruns.store.tables import idempotency_keys, runs
 from agentruns.store.transitions import TERMINAL_STATUSES, render_run, status_events, update_run
@@ -19,6 +20,12 @@ from agentruns.store.transitions import TERMINAL_STATUSES, render_run, status_ev
 IDEMPOTENCY_WINDOW_S = 24 * 3600
 # Pre-built: SQLAlchemy spends far longer building a statement than running a built one.
 _INSERT_RUN = runs.insert().returning(runs)
+# PostgreSQL: the same, telling other processes of the run's first event and of the queue.
+_INSERT_RUN_NOTIFYING = runs.insert().returning(
+    runs,
+    notify_column(EVENTS_CHANNEL, runs.c.id + ":run.status"),
+    notify_column(QUEUE_CHANNEL, sa.literal("", sa.Text)),
+)
 
 
 class StateConflict(Exception):
@@ -131,10 +138,11 @@ async def _create_run(
             "queued_at": ts,
             "event_seq": 1,
         }
-        row = (await tx.conn.execute(_INSERT_RUN, values)).one()
+        insert = _INSERT_RUN_NOTIFYING if tx.is_postgres else _INSERT_RUN
+        row = (await tx.conn.execute(insert, values)).one()
         await append_messages(tx, run_id, 0, new.messages)
         run = render_run(row)
-        await insert_events(tx, run_id, 1, [("run.status", run)])
+        await insert_events(tx, run_id, 1, [("run.status", run)], notified=True)
         if idempotency_key is not None:
             await tx.conn.execute(
                 idempotency_keys.insert().values(
@@ -145,7 +153,7 @@ async def _create_run(
                     created_at=ts,
                 )
             )
-        await tx.announce_queued()
+        await tx.announce_queued(notified=True)
     return run, True
 
 

@@ -102,8 +102,10 @@ async def event_stream(
                 yield b": keep-alive\n\n"
                 last_sent = loop.time()
             if not (more or watch.woken.is_set()):
+                # asyncio.timeout, not wait_for: that would start a task at every wait.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(watch.woken.wait(), min(poll_s, heartbeat_s))
+                    async with asyncio.timeout(min(poll_s, heartbeat_s)):
+                        await watch.woken.wait()
             # Events committed in this process arrive with their notification; anything
             # else (another process wrote them, or a gap) is read from the table.
             batch = _contiguous(watch.take(), after)
