@@ -115,3 +115,25 @@ async def test_cancel_terminal_run_is_a_conflict_and_changes_nothing(db: Databas
         await runs.cancel_run(db, project, run["id"])
     assert await events.list_events(db, run["id"]) == before
     assert [e.type for e in before] == ["run.status", "run.status", "run.cancelled"]
+
+
+class Interrupted(Exception):
+    pass
+
+
+async def test_a_write_that_fails_half_way_leaves_nothing_behind(db: Database) -> None:
+    """Writes are transactions on both databases (PostgreSQL reads run in autocommit)."""
+    project = await make_project(db)
+    agent = await make_agent(db, project)
+    run = await make_run(db, project, agent["id"])
+    lease = await queue.claim_next_run(db, "w", 60)
+    assert lease is not None
+    before = await events.list_events(db, run["id"])
+    with pytest.raises(Interrupted):
+        async with db.write() as tx:
+            await events.insert_events(tx, run["id"], 99, [("message.delta", {"delta": "x"})])
+            raise Interrupted
+    assert await events.list_events(db, run["id"]) == before
+    # And a write that completes is seen by the next read.
+    await commit_step(db, lease[0], events=[("message.delta", {"delta": "y"})])
+    assert (await events.list_events(db, run["id"]))[-1].data == {"delta": "y"}

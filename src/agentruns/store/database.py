@@ -176,11 +176,15 @@ class Database:
                 # (Testing only connections idle for a while saved a tenth of the database
                 # time, but one the server closed a moment ago then failed its request.)
                 pool_pre_ping=True,
+                # Pooled connections rest in autocommit, where the ping is one round trip
+                # (outside it, SQLAlchemy's asyncpg ping is BEGIN, the ping, ROLLBACK).
+                # Reads stay there: they need no BEGIN and COMMIT, since at READ COMMITTED
+                # each statement reads its own snapshot, inside a transaction or not.
+                isolation_level="AUTOCOMMIT",
                 connect_args={"timeout": connect_timeout_s},
             )
-            # Reads need no BEGIN and COMMIT (two round trips): at READ COMMITTED each
-            # statement reads its own snapshot, inside a transaction or not.
-            self._read_engine = self.engine.execution_options(isolation_level="AUTOCOMMIT")
+            # Writes are transactions, at PostgreSQL's default level.
+            self._write_engine = self.engine.execution_options(isolation_level="READ COMMITTED")
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Database:
@@ -238,7 +242,7 @@ class Database:
     async def _postgres_transaction(self, *, write: bool) -> AsyncIterator[Any]:
         assert self.engine is not None
         try:
-            pg_conn = await (self.engine if write else self._read_engine).connect()
+            pg_conn = await (self._write_engine if write else self.engine).connect()
         except (OSError, sa.exc.DBAPIError, sa.exc.TimeoutError) as exc:
             raise StoreError(f"cannot reach the database: {_reason(exc)}") from exc
         try:
