@@ -34,30 +34,42 @@ async def with_deadlines(
     The stream keeps being read while the consumer handles an event, and it is closed
     when the consumer stops early or is cancelled.
     """
-    queue: asyncio.Queue[object] = asyncio.Queue()
+    # A list and one future rather than an asyncio.Queue: thousands of model calls can be
+    # in flight at once, and a Queue (three deques and an Event) weighs about 2 KB.
+    loop = asyncio.get_running_loop()
+    pending: list[object] = []
+    waiter: asyncio.Future[None] | None = None
+
+    def put(item: object) -> None:
+        pending.append(item)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     async def pump() -> None:
         try:
             async for event in stream:
-                queue.put_nowait(event)
+                put(event)
         except Exception as exc:
-            queue.put_nowait(_Failed(exc))
+            put(_Failed(exc))
         else:
-            queue.put_nowait(_END)
+            put(_END)
 
     reader = asyncio.create_task(pump())
     try:
         while True:
-            due = deadline()
-            if due is None or not queue.empty():
-                item = await queue.get()
-            else:
-                try:
-                    async with asyncio.timeout_at(due):
-                        item = await queue.get()
-                except TimeoutError:
-                    yield None
-                    continue
+            if not pending:
+                waiter = loop.create_future()
+                due = deadline()
+                if due is None:
+                    await waiter
+                else:
+                    try:
+                        async with asyncio.timeout_at(due):
+                            await waiter
+                    except TimeoutError:
+                        yield None
+                        continue
+            item = pending.pop(0)
             if item is _END:
                 return
             if isinstance(item, _Failed):
