@@ -323,31 +323,62 @@ async def bounded(coroutines: list[Any], limit: int) -> list[Any]:
     return await asyncio.gather(*(one(c) for c in coroutines))
 
 
+class CpuMeter:
+    """CPU time per run of the server, the benchmark client and the fake model, which share
+    the machine's cores: what one of them spends, the others cannot."""
+
+    def __init__(self, service: Service, model: FakeModel, runs: int) -> None:
+        self.service, self.model, self.runs = service, model, runs
+        self.per_run: dict[str, float] = {}
+
+    def _now(self) -> tuple[float, float, float]:
+        return self.service.cpu_s(), time.process_time(), proc_cpu_s(self.model.process.pid)
+
+    def __enter__(self) -> CpuMeter:
+        self._before = self._now()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        spent = [after - before for after, before in zip(self._now(), self._before, strict=True)]
+        for name, seconds in zip(("server", "client", "model"), spent, strict=True):
+            self.per_run[f"{name}_cpu_ms_per_run"] = ms(seconds / self.runs)
+
+
 # -- scenarios -------------------------------------------------------------------------------
+
+
+async def cold_start(service: Service) -> dict[str, Any]:
+    """The first run a freshly started server executes, alone: it pays the one-time costs
+    (the libraries a run needs are imported at first use, statements are compiled, the
+    model's connection is opened), which the scenarios after it, on the same server, do not.
+    """
+    async with client_for(service, 1) as client:
+        first = await client.run_once()
+        second = await client.run_once()
+    return {"first_run_ms": ms(first), "second_run_ms": ms(second)}
 
 
 async def throughput(service: Service, model: FakeModel, sizes: Sizes) -> dict[str, Any]:
     async with client_for(service, sizes.throughput_clients) as client:
-        cpu_before = service.cpu_s()
-        started = time.perf_counter()
-        latencies = await bounded(
-            [client.run_once() for _ in range(sizes.throughput_runs)], sizes.throughput_clients
-        )
-        wall = time.perf_counter() - started
-        cpu = service.cpu_s() - cpu_before
+        with CpuMeter(service, model, sizes.throughput_runs) as cpu:
+            started = time.perf_counter()
+            latencies = await bounded(
+                [client.run_once() for _ in range(sizes.throughput_runs)],
+                sizes.throughput_clients,
+            )
+            wall = time.perf_counter() - started
     return {
         "runs": sizes.throughput_runs,
         "clients": sizes.throughput_clients,
         "runs_per_s": round(sizes.throughput_runs / wall, 1),
         "p50_ms": ms(percentile(latencies, 0.5)),
         "p95_ms": ms(percentile(latencies, 0.95)),
-        "server_cpu_ms_per_run": ms(cpu / sizes.throughput_runs),
+        **cpu.per_run,
     }
 
 
 async def latency(service: Service, model: FakeModel, sizes: Sizes) -> dict[str, Any]:
     async with client_for(service, 2) as client:
-        await client.run_once()  # warm up
         latencies, start_delays = [], []
         for _ in range(sizes.latency_runs):
             elapsed, run_id = await client.run_timed()
@@ -384,12 +415,13 @@ async def concurrency(service: Service, model: FakeModel, sizes: Sizes) -> dict[
     try:
         async with client_for(service, sizes.concurrency_clients) as client:
             model.reset_stats()
-            started = time.perf_counter()
-            await bounded(
-                [client.run_once() for _ in range(sizes.concurrency_runs)],
-                sizes.concurrency_clients,
-            )
-            wall = time.perf_counter() - started
+            with CpuMeter(service, model, sizes.concurrency_runs) as cpu:
+                started = time.perf_counter()
+                await bounded(
+                    [client.run_once() for _ in range(sizes.concurrency_runs)],
+                    sizes.concurrency_clients,
+                )
+                wall = time.perf_counter() - started
             stats = model.stats()
     finally:
         model.configure(first_token_delay_s=0.0)
@@ -400,6 +432,7 @@ async def concurrency(service: Service, model: FakeModel, sizes: Sizes) -> dict[
         "runs_per_s": round(sizes.concurrency_runs / wall, 1),
         "average_model_calls_in_flight": round(stats["average_in_flight"], 1),
         "peak_model_calls_in_flight": stats["peak_in_flight"],
+        **cpu.per_run,
     }
 
 
@@ -543,6 +576,8 @@ async def run_scenarios(
                 with deployment(db, model, Path(tmp) / "shared") as service:
                     idle_rss, _ = service.rss_kb()
                     results["memory"] = {"idle_rss_mb": round(idle_rss / 1024, 1)}
+                    results["cold_start"] = await cold_start(service)
+                    console.print(f"[bold]{db}[/] cold start {json.dumps(results['cold_start'])}")
                     for name in shared:
                         await run_scenario(db, name, service, model, sizes, results, profile_dir)
                     rss, peak = service.rss_kb()
