@@ -21,8 +21,23 @@ _AFTER = (
     .order_by(run_events.c.seq)
     .limit(sa.bindparam("limit"))
 )
-_STATUS = sa.select(runs.c.status).where(runs.c.id == sa.bindparam("run_id"))
-_PROJECT_STATUS = _STATUS.where(runs.c.project_id == sa.bindparam("project_id"))
+# The run's status on every row, with its events after `after` (one row of NULLs if none):
+# one statement, so one snapshot and one round trip per wake-up of an SSE reader.
+_STATUS_AND_AFTER = (
+    sa.select(runs.c.status, run_events.c.seq, run_events.c.type, run_events.c.data)
+    .select_from(
+        runs.outerjoin(
+            run_events,
+            sa.and_(run_events.c.run_id == runs.c.id, run_events.c.seq > sa.bindparam("after")),
+        )
+    )
+    .where(runs.c.id == sa.bindparam("run_id"))
+    .order_by(run_events.c.seq)
+    .limit(sa.bindparam("limit"))
+)
+_PROJECT_STATUS_AND_AFTER = _STATUS_AND_AFTER.where(
+    runs.c.project_id == sa.bindparam("project_id")
+)
 
 
 async def insert_events(
@@ -61,24 +76,24 @@ async def list_events(
 async def status_and_events(
     db: Database, run_id: str, *, after: int, limit: int, project_id: str | None = None
 ) -> tuple[str | None, list[RunEvent]]:
-    """The run's status, then its events after `after`, in one read transaction.
+    """The run's status and its events after `after`, read in one statement.
 
     With `project_id`, a run of another project reads as missing: (None, []).
 
-    The order is what matters (PostgreSQL reads each statement in its own snapshot): a
-    terminal status seen first means the events read next include the terminal one, so a
-    reader can stop once it has sent them.
+    One statement reads one snapshot: a terminal status comes with the terminal event
+    (both are written by the same transaction), so a reader can stop once it has sent them.
     """
-    params = {"run_id": run_id, "after": after, "limit": limit}
+    params: dict[str, Any] = {"run_id": run_id, "after": after, "limit": limit}
+    statement = _STATUS_AND_AFTER
+    if project_id is not None:
+        params["project_id"] = project_id
+        statement = _PROJECT_STATUS_AND_AFTER
     async with db.read() as conn:
-        if project_id is None:
-            status = (await conn.execute(_STATUS, {"run_id": run_id})).scalar()
-        else:
-            owner = {"run_id": run_id, "project_id": project_id}
-            status = (await conn.execute(_PROJECT_STATUS, owner)).scalar()
-        if status is None:
-            return None, []
-        return status, [RunEvent(*row) for row in await conn.execute(_AFTER, params)]
+        rows = (await conn.execute(statement, params)).all()
+    if not rows:
+        return None, []
+    events = [RunEvent(row[1], row[2], row[3]) for row in rows if row[1] is not None]
+    return rows[0][0], events
 
 
 async def last_event_type(tx: Tx, run_id: str) -> str | None:
