@@ -35,9 +35,7 @@ _STATUS_AND_AFTER = (
     .order_by(run_events.c.seq)
     .limit(sa.bindparam("limit"))
 )
-_PROJECT_STATUS_AND_AFTER = _STATUS_AND_AFTER.where(
-    runs.c.project_id == sa.bindparam("project_id")
-)
+_PROJECT_STATUS_AND_AFTER = _STATUS_AND_AFTER.where(runs.c.project_id == sa.bindparam("project_id"))
 
 
 async def insert_events(
