@@ -173,3 +173,27 @@ async def test_sized_body_and_connection_refused() -> None:
         with pytest.raises(httpx.ConnectError):
             async with client.stream("POST", f"http://127.0.0.1:{port}/", content=b"{}"):
                 pass
+
+
+async def test_header_fields_are_found_in_any_case_and_repeated_ones_joined() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _drain_request(reader)
+        writer.write(b"HTTP/1.1 429 Too Many Requests\r\nRETRY-AFTER: 3\r\n")
+        writer.write(b"X-Trace: a\r\nx-trace: b\r\nContent-Length: 2\r\n\r\n{}")
+        await writer.drain()
+        writer.close()
+
+    server, url = await raw_server(handler)
+    async with server, ModelHTTPClient() as client:
+        async with client.stream("POST", url, content=b"{}") as response:
+            headers = response.headers
+            assert headers.get("Retry-After") == headers["retry-after"] == "3"
+            assert headers["X-TRACE"] == "a, b"
+            assert "content-length" in headers and "content-type" not in headers
+            assert headers.get("content-type", "none") == "none"
+            assert list(headers) == ["retry-after", "x-trace", "content-length"]
+            assert await response.aread() == b"{}"
+        model = OpenAIChatModel("m", base_url=url, api_key="k", client=client)  # type: ignore[arg-type]
+        with pytest.raises(ModelError) as error:
+            await _collect(model)
+    assert error.value.status_code == 429 and error.value.retry_after == 3

@@ -20,13 +20,13 @@ import contextlib
 import ssl
 import urllib.request
 from collections import defaultdict
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 
-__all__ = ["ModelClient", "ModelHTTPClient", "StreamedResponse"]
+__all__ = ["ModelClient", "ModelHTTPClient", "ResponseHeaders", "StreamedResponse"]
 
 Origin = tuple[str, str, int]  # scheme, host, port
 
@@ -42,11 +42,37 @@ class _Connection:
         self.writer.close()
 
 
+class ResponseHeaders(Mapping[str, str]):
+    """A response's header fields as received, looked up by name in any case.
+
+    Lighter than `httpx.Headers`, which copies and lowercases every field up front: a
+    response can stay open for minutes, and thousands can be open at once.
+    """
+
+    __slots__ = ("_fields",)
+
+    def __init__(self, fields: list[tuple[bytes, bytes]]) -> None:
+        self._fields = fields
+
+    def __getitem__(self, name: str) -> str:
+        wanted = name.lower().encode("latin-1")
+        values = [value for key, value in self._fields if key.lower() == wanted]
+        if not values:
+            raise KeyError(name)
+        return b", ".join(values).decode("latin-1")
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(dict.fromkeys(key.decode("latin-1").lower() for key, _ in self._fields))
+
+    def __len__(self) -> int:
+        return len({key.lower() for key, _ in self._fields})
+
+
 class StreamedResponse:
     """The status, headers and body stream of one response."""
 
     def __init__(
-        self, status_code: int, headers: httpx.Headers, conn: _Connection, read_timeout: float
+        self, status_code: int, headers: ResponseHeaders, conn: _Connection, read_timeout: float
     ) -> None:
         self.status_code = status_code
         self.headers = headers
@@ -304,7 +330,7 @@ async def _read_head(conn: _Connection, read_timeout: float) -> StreamedResponse
         status = int(status_line.split(None, 2)[1])
     except (IndexError, ValueError) as exc:
         raise httpx.RemoteProtocolError(f"bad status line {status_line[:100]!r}") from exc
-    return StreamedResponse(status, httpx.Headers(fields), conn, read_timeout)
+    return StreamedResponse(status, ResponseHeaders(fields), conn, read_timeout)
 
 
 # What model adapters accept: ours, or any httpx client (tests use httpx's mock transport).
