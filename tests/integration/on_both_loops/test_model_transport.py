@@ -197,3 +197,58 @@ async def test_header_fields_are_found_in_any_case_and_repeated_ones_joined() ->
         with pytest.raises(ModelError) as error:
             await _collect(model)
     assert error.value.status_code == 429 and error.value.retry_after == 3
+
+
+async def test_large_bodies_both_ways_arrive_whole() -> None:
+    # 8 MB up and 4 MB down: more than the socket buffers and the client's read buffer
+    # hold, so sending waits for the server to read, and reading pauses the socket.
+    up = bytes(range(256)) * (8 * 4096)
+    down = bytes(reversed(range(256))) * (4 * 4096)
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        length = 0
+        while (line := await reader.readline()) not in (b"\r\n", b""):
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":")[1])
+        received = b""
+        while len(received) < length:
+            received += await reader.read(65536)
+            await asyncio.sleep(0)  # a slow reader
+        ok = b"same" if received == up else b"diff"
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (len(down) + 4))
+        writer.write(ok + down)
+        await writer.drain()
+
+    server, url = await raw_server(handler)
+    body = b""
+    async with (
+        server,
+        ModelHTTPClient() as client,
+        client.stream("POST", url, content=up) as response,
+    ):
+        async for chunk in response.aiter_bytes():
+            body += chunk
+            await asyncio.sleep(0.001)  # a slow consumer
+    assert body[:4] == b"same" and body[4:] == down
+
+
+async def test_a_runaway_line_and_a_reset_are_errors_not_hangs() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        request = await reader.readline()
+        await _drain_request(reader)
+        if b"/long" in request:
+            writer.write(b"HTTP/1.1 200 OK\r\nX-Long: " + b"x" * 200_000 + b"\r\n\r\n")
+        else:
+            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel")
+            await writer.drain()
+            writer.transport.abort()  # a reset mid-chunk
+        await writer.drain()
+
+    server, url = await raw_server(handler)
+    async with server, ModelHTTPClient() as client:
+        with pytest.raises(httpx.RemoteProtocolError, match="longer than"):
+            async with client.stream("POST", url + "/long", content=b"{}"):
+                pass
+        with pytest.raises((httpx.RemoteProtocolError, httpx.ReadError)):
+            async with client.stream("POST", url + "/reset", content=b"{}") as response:
+                await response.aread()
