@@ -45,20 +45,6 @@ async def with_deadlines(
     waiter: asyncio.Future[None] | None = None
     reader: asyncio.Task[None] | None = None
 
-    def put(item: object) -> None:
-        pending.append(item)
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    async def pump() -> None:
-        try:
-            async for event in stream:
-                put(event)
-        except Exception as exc:
-            put(_Failed(exc))
-        else:
-            put(_END)
-
     try:
         while deadline() is None:
             try:
@@ -66,6 +52,22 @@ async def with_deadlines(
             except StopAsyncIteration:
                 return
             yield event
+
+        # Defined only now: most calls never get here while they wait.
+        def put(item: object) -> None:
+            pending.append(item)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+
+        async def pump() -> None:
+            try:
+                async for event in stream:
+                    put(event)
+            except Exception as exc:
+                put(_Failed(exc))
+            else:
+                put(_END)
+
         reader = asyncio.create_task(pump())
         while True:
             if not pending:
