@@ -69,6 +69,7 @@ def serve(
 ) -> None:
     """Run the API (and, unless `with_worker` is False, one worker) until interrupted."""
     from agentruns.api.app import create_app
+    from agentruns.api.http_protocol import HTTPProtocol
     from agentruns.credentials import save_credentials
 
     configure_logging()
@@ -93,6 +94,7 @@ def serve(
         # with equal timeouts a client under load reuses a connection just as the server
         # drops it, and its request fails with a read error.
         timeout_keep_alive=KEEP_ALIVE_S,
+        http=HTTPProtocol,
     )
     uvicorn.Server(config).run(sockets=[listening_socket(host, port)])
 
