@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 
-from agentruns.engine.executor import Executor
+from agentruns.engine.executor import Executor, RunStart
 from agentruns.engine.presence import make_worker_id
 from agentruns.errors import StoreError
 from agentruns.store import queue, tool_calls
@@ -114,11 +114,12 @@ class Worker:
             await asyncio.sleep(self.poll_interval_s)
             return False
         for lease, row in claimed:
-            task = asyncio.create_task(self._execute(lease, row), name=f"run-{lease.run_id}")
+            start = RunStart.of(row)
+            task = asyncio.create_task(self._execute(lease, start), name=f"run-{lease.run_id}")
             self._running[lease.token] = (lease, task)
         return len(claimed) == free
 
-    async def _execute(self, lease: Lease, row: object) -> None:
+    async def _execute(self, lease: Lease, start: RunStart) -> None:
         def on_event(event_type: str) -> None:
             # Another process cancelled the run: abandon the in-flight model call now.
             if event_type == "run.cancelled":
@@ -129,7 +130,7 @@ class Worker:
 
         try:
             with self.db.notifier.on_run_event(lease.run_id, on_event):
-                await self.executor.execute(lease, row)
+                await self.executor.execute(lease, start)
         except asyncio.CancelledError:
             log.info("run %s: execution cancelled", lease.run_id)
         except StoreError as exc:
