@@ -19,6 +19,7 @@ run: $(STAMP)
 
 test: $(STAMP) chromium
 	$(BIN)/ruff check .
+	$(BIN)/mypy src
 	$(BIN)/pytest
 
 # The dashboard's browser tests drive Debian's chromium through Playwright (which cannot
@@ -41,6 +42,7 @@ bench: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy src
 
 format: $(STAMP)
 	$(BIN)/ruff format .

@@ -15,11 +15,10 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
-
 from agentruns.engine.models import resolve_model
 from agentruns.engine.models.base import Model, TextDelta, ToolCall, Usage
 from agentruns.engine.models.retrying import stream_with_retries
+from agentruns.engine.models.transport import ModelClient
 from agentruns.engine.pacing import with_deadlines
 from agentruns.engine.tools import (
     McpServerUnavailable,
@@ -120,7 +119,7 @@ class Executor:
         self,
         db: Database,
         *,
-        http: httpx.AsyncClient,
+        http: ModelClient,
         default_model: str,
         flush_interval_s: float = 0.005,
         tools: ToolRuntime | None = None,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -29,7 +29,7 @@ class _Failed:
 
 async def with_deadlines(
     stream: AsyncIterator[T], deadline: Callable[[], float | None]
-) -> AsyncIterator[T | None]:
+) -> AsyncGenerator[T | None, None]:
     """The events of `stream`; None whenever `deadline()` (a loop time) passes first.
 
     Until there is a deadline the stream is read directly; from the first one on, by a

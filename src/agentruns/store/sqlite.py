@@ -72,7 +72,7 @@ class SQLiteConnections:
         self._idle: list[sa.Connection] = []
         path = self.engine.url.database
         in_memory = not path or path == ":memory:" or path.startswith("file::memory:")
-        self._checkpointer = None if in_memory else Checkpointer(path)
+        self._checkpointer = Checkpointer(path) if path and not in_memory else None
         self._writes = 0
 
     def _acquire(self) -> sa.Connection:

@@ -108,9 +108,11 @@ async def event_stream(
                         await watch.woken.wait()
             # Events committed in this process arrive with their notification; anything
             # else (another process wrote them, or a gap) is read from the table.
-            batch = _contiguous(watch.take(), after)
+            pushed = _contiguous(watch.take(), after)
             finished = more = False
-            if batch is None:
+            if pushed is not None:
+                batch = pushed
+            else:
                 try:
                     status, batch = await event_store.status_and_events(
                         db, run_id, after=after, limit=PAGE

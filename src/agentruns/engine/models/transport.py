@@ -342,8 +342,8 @@ class ModelHTTPClient:
             self._fallback = self._fallback or httpx.AsyncClient()
             async with self._fallback.stream(
                 method, url, content=content, headers=headers, timeout=timeout
-            ) as response:
-                yield response
+            ) as proxied:
+                yield proxied
             return
         read_timeout = timeout.read if isinstance(timeout, httpx.Timeout) else timeout
         origin = (scheme, host, parts.port or (443 if scheme == "https" else 80))
