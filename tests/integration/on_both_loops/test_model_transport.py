@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-import subprocess
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+import trustme
 
 from agentruns.engine.models.base import TextDelta, ToolCall, ToolDefinition
 from agentruns.engine.models.openai import OpenAIChatModel
@@ -69,12 +69,17 @@ async def raw_server(handler: Handler) -> tuple[asyncio.Server, str]:
     return server, f"http://127.0.0.1:{port}/v1"
 
 
-async def _drain_request(reader: asyncio.StreamReader) -> None:
+async def _request_length(reader: asyncio.StreamReader) -> int:
+    """Read a request's head; the length of its body."""
     length = 0
     while (line := await reader.readline()) not in (b"\r\n", b""):
         if line.lower().startswith(b"content-length:"):
             length = int(line.split(b":")[1])
-    await reader.readexactly(length)
+    return length
+
+
+async def _drain_request(reader: asyncio.StreamReader) -> None:
+    await reader.readexactly(await _request_length(reader))
 
 
 SSE_BODY = (
@@ -209,10 +214,7 @@ async def test_large_bodies_both_ways_arrive_whole() -> None:
     down = bytes(reversed(range(256))) * (4 * 4096)
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        length = 0
-        while (line := await reader.readline()) not in (b"\r\n", b""):
-            if line.lower().startswith(b"content-length:"):
-                length = int(line.split(b":")[1])
+        length = await _request_length(reader)
         received = b""
         while len(received) < length:
             received += await reader.read(65536)
@@ -257,25 +259,16 @@ async def test_a_runaway_line_and_a_reset_are_errors_not_hangs() -> None:
                 await response.aread()
 
 
-@pytest.fixture
-def certificate(tmp_path: Path) -> tuple[Path, Path]:
-    """A self-signed certificate for `localhost`, and its key."""
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    command = "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=localhost"
-    command += " -addext subjectAltName=DNS:localhost"
-    subprocess.run(
-        [*command.split(), "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True
-    )
-    return cert, key
-
-
 async def test_https_with_a_verified_certificate(
-    certificate: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    cert, key = certificate
+    authority = trustme.CA()
+    cert = authority.issue_cert("localhost")
+    trusted = tmp_path / "ca.pem"
+    authority.cert_pem.write_to_path(str(trusted))
     served = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    served.load_cert_chain(cert, key)
-    monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # the client trusts this one certificate
+    cert.configure_cert(served)
+    monkeypatch.setenv("SSL_CERT_FILE", str(trusted))  # the client trusts this one authority
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await _drain_request(reader)
