@@ -86,6 +86,7 @@ async function main() {
   }
   for (const input of inputs) input.value = display(input, original[input.name]);
   form.addEventListener("submit", save);
+  $("[data-editor-fields]").disabled = false;
   $("#f-name").focus();
 }
 
