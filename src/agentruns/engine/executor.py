@@ -99,6 +99,22 @@ class RunProgress:
     announced_call: str | None = None
 
 
+@dataclass(slots=True)
+class _Flushes:
+    """When a model step's held-back deltas are due to be written (see engine/pacing.py).
+
+    An object with a bound method, not a closure: the step's frame then holds no cells,
+    and thousands of steps can be waiting for their model at once.
+    """
+
+    progress: RunProgress
+    interval: float
+    last: float
+
+    def due(self) -> float | None:
+        return self.last + self.interval if self.progress.pending_delta else None
+
+
 def unanswered_tool_calls(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Tool calls of the last assistant message that have no tool message yet."""
     answered: set[str] = set()
@@ -129,6 +145,7 @@ class Executor:
         self.default_model = default_model
         self.flush_interval_s = flush_interval_s
         self.tools = tools or ToolRuntime()
+        self._models: dict[tuple[Any, ...], Model] = {}
 
     async def aclose(self) -> None:
         """Stop what the tools hold across runs (MCP servers, the tools' HTTP client)."""
@@ -205,6 +222,7 @@ class Executor:
             spec.get("model") or self.default_model,
             spec.get("model_settings") or {},
             client=self.http,
+            cache=self._models,
         )
         sources = await self._tool_sources(project_id, spec, bundle)
         toolset = await build_toolset(sources, self.tools, project_id)
@@ -254,13 +272,9 @@ class Executor:
         text: list[str] = []
         calls: list[ToolCall] = []
         usage = Usage()
-        last_flush = loop.time()
-
-        def flush_due() -> float | None:
-            return last_flush + self.flush_interval_s if progress.pending_delta else None
-
+        flushes = _Flushes(progress, self.flush_interval_s, loop.time())
         stream = stream_with_retries(model, progress.messages, toolset.definitions, settings)
-        async with contextlib.aclosing(with_deadlines(stream, flush_due)) as stream_events:
+        async with contextlib.aclosing(with_deadlines(stream, flushes.due)) as stream_events:
             async for event in stream_events:
                 if event is None or isinstance(event, TextDelta):
                     # A delta is written at once, unless the last write was less than the flush
@@ -268,14 +282,24 @@ class Executor:
                     if event is not None:
                         text.append(event.text)
                         progress.pending_delta.append(event.text)
-                    if loop.time() - last_flush >= self.flush_interval_s:
+                    if loop.time() - flushes.last >= self.flush_interval_s:
                         await self._flush_delta(progress)
-                        last_flush = loop.time()
+                        flushes.last = loop.time()
                 elif isinstance(event, ToolCall):
                     calls.append(event)
                 elif isinstance(event, Usage):
                     usage = event
-        content = "".join(text)
+        await self._commit_reply(progress, toolset, "".join(text), calls, usage)
+
+    async def _commit_reply(
+        self,
+        progress: RunProgress,
+        toolset: Toolset,
+        content: str,
+        calls: list[ToolCall],
+        usage: Usage,
+    ) -> None:
+        """Write the model's reply, and the run's completion if it asked for no tool."""
         tool_calls = [{"id": c.id, "name": c.name, "arguments": c.arguments} for c in calls]
         message: dict[str, Any] = {"role": "assistant", "content": content or None}
         if tool_calls:

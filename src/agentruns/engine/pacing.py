@@ -27,6 +27,41 @@ class _Failed:
         self.error = error
 
 
+class _Pump:
+    """Reads a stream into a list from a task of its own, so that the reader can stop
+    waiting for its next event at a deadline.
+
+    A list and one future rather than an `asyncio.Queue`, which (three deques and an
+    Event) weighs about 2 KB.
+    """
+
+    __slots__ = ("pending", "task", "waiter")
+
+    def __init__(self, stream: AsyncIterator[object]) -> None:
+        self.pending: list[object] = []
+        self.waiter: asyncio.Future[None] | None = None
+        self.task = asyncio.create_task(self._read(stream))
+
+    def _put(self, item: object) -> None:
+        self.pending.append(item)
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    async def _read(self, stream: AsyncIterator[object]) -> None:
+        try:
+            async for event in stream:
+                self._put(event)
+        except Exception as exc:
+            self._put(_Failed(exc))
+        else:
+            self._put(_END)
+
+    async def stop(self) -> None:
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+
+
 async def with_deadlines(
     stream: AsyncIterator[T], deadline: Callable[[], float | None]
 ) -> AsyncGenerator[T | None, None]:
@@ -37,14 +72,9 @@ async def with_deadlines(
     closed when the consumer stops early or is cancelled.
     """
     # Most of a model call's life is spent waiting for its first token, when nothing is
-    # held back and there is no deadline: no task for that part (thousands of calls can be
-    # in flight, and a task with its frames weighs about 1 KB). And a list and one future
-    # rather than an asyncio.Queue, which (three deques and an Event) weighs about 2 KB.
-    loop = asyncio.get_running_loop()
-    pending: list[object] = []
-    waiter: asyncio.Future[None] | None = None
-    reader: asyncio.Task[None] | None = None
-
+    # held back and there is no deadline: no task for that part, and no closures (thousands
+    # of calls can be in flight; a task with its frames weighs about 1 KB).
+    pump: _Pump | None = None
     try:
         while deadline() is None:
             try:
@@ -53,46 +83,30 @@ async def with_deadlines(
                 return
             yield event
 
-        # Defined only now: most calls never get here while they wait.
-        def put(item: object) -> None:
-            pending.append(item)
-            if waiter is not None and not waiter.done():
-                waiter.set_result(None)
-
-        async def pump() -> None:
-            try:
-                async for event in stream:
-                    put(event)
-            except Exception as exc:
-                put(_Failed(exc))
-            else:
-                put(_END)
-
-        reader = asyncio.create_task(pump())
+        pump = _Pump(stream)
+        loop = asyncio.get_running_loop()
         while True:
-            if not pending:
-                waiter = loop.create_future()
+            if not pump.pending:
+                pump.waiter = loop.create_future()
                 due = deadline()
                 if due is None:
-                    await waiter
+                    await pump.waiter
                 else:
                     try:
                         async with asyncio.timeout_at(due):
-                            await waiter
+                            await pump.waiter
                     except TimeoutError:
                         yield None
                         continue
-            item = pending.pop(0)
+            item = pump.pending.pop(0)
             if item is _END:
                 return
             if isinstance(item, _Failed):
                 raise item.error
             yield item  # type: ignore[misc]
     finally:
-        if reader is not None:
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reader
+        if pump is not None:
+            await pump.stop()
         # Closing a stream that has ended does nothing; one stopped mid-way (the consumer
         # left, or the pump was cancelled before it began) lets go of its connection.
         aclose = getattr(stream, "aclose", None)

@@ -67,9 +67,12 @@ class Worker:
             asyncio.create_task(self._reaper_loop(), name="agentruns-reaper"),
         ]
         try:
-            await self._claim_loop()
+            with self.db.notifier.on_run_cancelled(self._cancelled):
+                try:
+                    await self._claim_loop()
+                finally:
+                    await self._drain()
         finally:
-            await self._drain()
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
@@ -119,18 +122,17 @@ class Worker:
             self._running[lease.token] = (lease, task)
         return len(claimed) == free
 
-    async def _execute(self, lease: Lease, start: RunStart) -> None:
-        def on_event(event_type: str) -> None:
-            # Another process cancelled the run: abandon the in-flight model call now.
-            if event_type == "run.cancelled":
-                task = asyncio.current_task()
-                running = self._running.get(lease.token)
-                if running is not None and running[1] is not task:
-                    running[1].cancel()
+    def _cancelled(self, run_id: str) -> None:
+        # Someone cancelled the run: abandon its in-flight model call now. (A scan of the
+        # running runs, rare, rather than a subscription held by each run.)
+        current = asyncio.current_task()
+        for lease, task in list(self._running.values()):
+            if lease.run_id == run_id and task is not current:
+                task.cancel()
 
+    async def _execute(self, lease: Lease, start: RunStart) -> None:
         try:
-            with self.db.notifier.on_run_event(lease.run_id, on_event):
-                await self.executor.execute(lease, start)
+            await self.executor.execute(lease, start)
         except asyncio.CancelledError:
             log.info("run %s: execution cancelled", lease.run_id)
         except StoreError as exc:

@@ -59,6 +59,7 @@ class Notifier:
         self._run_waiters: dict[str, set[RunWatch]] = defaultdict(set)
         self._queue_waiters: set[asyncio.Event] = set()
         self._run_callbacks: dict[str, set[Callable[[str], None]]] = defaultdict(set)
+        self._cancel_callbacks: list[Callable[[str], None]] = []
 
     def run_changed(
         self, run_id: str, event_type: str, events: list[RunEvent] | None = None
@@ -68,6 +69,9 @@ class Notifier:
             watch.notify(events)
         for callback in list(self._run_callbacks.get(run_id, ())):
             callback(event_type)
+        if event_type == "run.cancelled":
+            for on_cancelled in list(self._cancel_callbacks):
+                on_cancelled(run_id)
 
     def queue_changed(self) -> None:
         for waiter in self._queue_waiters:
@@ -98,6 +102,15 @@ class Notifier:
             yield
         finally:
             self._discard(self._run_callbacks, run_id, callback)
+
+    @contextlib.contextmanager
+    def on_run_cancelled(self, callback: Callable[[str], None]) -> Iterator[None]:
+        """Call `callback(run_id)` whenever any run is cancelled, while inside."""
+        self._cancel_callbacks.append(callback)
+        try:
+            yield
+        finally:
+            self._cancel_callbacks.remove(callback)
 
     @contextlib.contextmanager
     def watch_queue(self):  # type: ignore[no-untyped-def]

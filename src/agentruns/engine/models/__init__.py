@@ -49,6 +49,7 @@ __all__ = [
 ]
 
 OPENAI_DEFAULT_BASE_URL = "https://api.openai.com/v1"
+_CACHED_MODELS = 256
 PROVIDERS = ("openai", "anthropic")
 # provider -> (base URL variable, API key variable, default base URL)
 _PROVIDER_ENV = {
@@ -68,11 +69,14 @@ def resolve_model(
     *,
     client: ModelClient,
     env: Mapping[str, str] = os.environ,
+    cache: dict[tuple[Any, ...], Model] | None = None,
 ) -> Model:
     """Build the adapter for `spec`; `ValueError` for an unknown spec.
 
     Raises a non-retryable `ModelError` when `model_settings.api_key_env`
     names a variable that is not set, so the run fails with that reason.
+    With a `cache`, runs with the same model, endpoint and key share one adapter
+    (adapters keep no state between calls) instead of each run holding its own.
     """
     provider, model_name = _parse_spec(spec)
     if provider == TEST_MODEL_NAME:
@@ -89,11 +93,17 @@ def resolve_model(
     options: dict[str, Any] = {"api_key_env": key_env}
     if model_settings.get("timeout_s"):
         options["timeout_s"] = float(model_settings["timeout_s"])
-    if provider == "openai":
-        return OpenAIChatModel(
-            model_name, base_url=base_url, api_key=api_key, client=client, **options
-        )
-    return AnthropicModel(model_name, base_url=base_url, api_key=api_key, client=client, **options)
+    key = (provider, model_name, base_url, api_key, *options.values())
+    if cache is not None and (model := cache.get(key)) is not None:
+        return model
+    model = (OpenAIChatModel if provider == "openai" else AnthropicModel)(
+        model_name, base_url=base_url, api_key=api_key, client=client, **options
+    )
+    if cache is not None:
+        if len(cache) >= _CACHED_MODELS:
+            cache.clear()
+        cache[key] = model
+    return model
 
 
 def _parse_spec(spec: str) -> tuple[str, str]:

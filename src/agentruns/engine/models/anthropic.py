@@ -32,7 +32,7 @@ from agentruns.engine.models.provider_errors import (
     error_from_transport,
     incomplete_stream,
 )
-from agentruns.engine.models.sse import iter_sse_events
+from agentruns.engine.models.sse import SSEEvent, SSEParser
 from agentruns.engine.models.transport import ModelClient
 from agentruns.errors import ModelError
 
@@ -132,70 +132,102 @@ class AnthropicModel:
                         key_env=self._api_key_env,
                         has_key=self._has_key,
                     )
-                async for event in self._read_stream(response):
+                # Read here rather than by a generator per layer: a call waiting for its
+                # model holds this one suspended frame (thousands can wait at once).
+                reply = _Reply(self._endpoint)
+                events: SSEParser[ModelEvent] = SSEParser(reply.feed)
+                async for line in response.aiter_lines():
+                    if (found := events.feed(line)) is not None:
+                        yield found
+                if (found := events.end()) is not None:
+                    yield found
+                for event in reply.end():
                     yield event
         except httpx.TransportError as exc:
             raise error_from_transport(
                 exc, endpoint=self._endpoint, timeout_s=self._timeout_s
             ) from exc
 
-    async def _read_stream(self, response: httpx.Response) -> AsyncIterator[ModelEvent]:
-        tool_uses: dict[int, _PartialToolUse] = {}
-        input_tokens = output_tokens = 0
-        stop_reason: str | None = None
-        finished = False
-        async for sse in iter_sse_events(response.aiter_lines()):
-            if finished:
-                continue  # read to the end so the connection can be reused
-            try:
-                data = orjson.loads(sse.data)
-            except orjson.JSONDecodeError as exc:
-                raise ModelError(
-                    f"{self._endpoint} sent invalid JSON in its stream: {sse.data[:200]!r}",
-                    retryable=True,
-                ) from exc
-            if not isinstance(data, dict):
-                continue
-            kind = data.get("type") or sse.event
-            if kind == "content_block_delta":
-                delta = data.get("delta") or {}
-                if delta.get("type") == "text_delta":
-                    if delta.get("text"):
-                        yield TextDelta(delta["text"])
-                elif delta.get("type") == "input_json_delta":
-                    partial = tool_uses.get(data.get("index", 0))
-                    if partial is not None:
-                        partial.arguments.append(delta.get("partial_json") or "")
-            elif kind == "content_block_start":
-                block = data.get("content_block") or {}
-                if block.get("type") == "tool_use":
-                    tool_uses[data.get("index", 0)] = _PartialToolUse(block["id"], block["name"])
-                elif block.get("type") == "text" and block.get("text"):
-                    yield TextDelta(block["text"])
-            elif kind == "content_block_stop":
-                partial = tool_uses.pop(data.get("index", 0), None)
+
+class _Reply:
+    """What one streamed message said so far, fed its SSE events one at a time."""
+
+    __slots__ = (
+        "_endpoint",
+        "_finished",
+        "_input_tokens",
+        "_output_tokens",
+        "_stop_reason",
+        "_tool_uses",
+    )
+
+    def __init__(self, endpoint: str) -> None:
+        self._endpoint = endpoint
+        self._tool_uses: dict[int, _PartialToolUse] = {}
+        self._input_tokens = self._output_tokens = 0
+        self._stop_reason: str | None = None
+        self._finished = False
+
+    def feed(self, sse: SSEEvent) -> ModelEvent | None:
+        """The text or the whole tool call this event completes, if any."""
+        if self._finished:
+            return None  # read to the end so the connection can be reused
+        try:
+            data = orjson.loads(sse.data)
+        except orjson.JSONDecodeError as exc:
+            raise ModelError(
+                f"{self._endpoint} sent invalid JSON in its stream: {sse.data[:200]!r}",
+                retryable=True,
+            ) from exc
+        if not isinstance(data, dict):
+            return None
+        kind = data.get("type") or sse.event
+        if kind == "content_block_delta":
+            delta = data.get("delta") or {}
+            if delta.get("type") == "text_delta":
+                if delta.get("text"):
+                    return TextDelta(delta["text"])
+            elif delta.get("type") == "input_json_delta":
+                partial = self._tool_uses.get(data.get("index", 0))
                 if partial is not None:
-                    yield partial.complete()
-            elif kind == "message_start":
-                usage = (data.get("message") or {}).get("usage") or {}
-                input_tokens = _input_tokens(usage)
-                output_tokens = int(usage.get("output_tokens") or 0)
-            elif kind == "message_delta":
-                stop_reason = (data.get("delta") or {}).get("stop_reason") or stop_reason
-                usage = data.get("usage") or {}
-                # message_delta usage is cumulative; newer API versions repeat input counts.
-                if any(usage.get(key) is not None for key in _INPUT_USAGE_KEYS):
-                    input_tokens = max(input_tokens, _input_tokens(usage))
-                if usage.get("output_tokens") is not None:
-                    output_tokens = int(usage["output_tokens"])
-            elif kind == "message_stop":
-                finished = True
-            elif kind == "error":
-                raise error_from_stream(data.get("error"), endpoint=self._endpoint)
-        if not finished:
+                    partial.arguments.append(delta.get("partial_json") or "")
+        elif kind == "content_block_start":
+            block = data.get("content_block") or {}
+            if block.get("type") == "tool_use":
+                self._tool_uses[data.get("index", 0)] = _PartialToolUse(block["id"], block["name"])
+            elif block.get("type") == "text" and block.get("text"):
+                return TextDelta(block["text"])
+        elif kind == "content_block_stop":
+            partial = self._tool_uses.pop(data.get("index", 0), None)
+            if partial is not None:
+                return partial.complete()
+        elif kind == "message_start":
+            usage = (data.get("message") or {}).get("usage") or {}
+            self._input_tokens = _input_tokens(usage)
+            self._output_tokens = int(usage.get("output_tokens") or 0)
+        elif kind == "message_delta":
+            self._stop_reason = (data.get("delta") or {}).get("stop_reason") or self._stop_reason
+            usage = data.get("usage") or {}
+            # message_delta usage is cumulative; newer API versions repeat input counts.
+            if any(usage.get(key) is not None for key in _INPUT_USAGE_KEYS):
+                self._input_tokens = max(self._input_tokens, _input_tokens(usage))
+            if usage.get("output_tokens") is not None:
+                self._output_tokens = int(usage["output_tokens"])
+        elif kind == "message_stop":
+            self._finished = True
+        elif kind == "error":
+            raise error_from_stream(data.get("error"), endpoint=self._endpoint)
+        return None
+
+    def end(self) -> list[ModelEvent]:
+        """The usage and the stop reason, once the stream has ended."""
+        if not self._finished:
             raise incomplete_stream(self._endpoint)
-        yield Usage(input_tokens=input_tokens, output_tokens=output_tokens)
-        yield Finish(_STOP_REASONS.get(stop_reason or "end_turn", stop_reason or "stop"))
+        stop_reason = self._stop_reason or "end_turn"
+        return [
+            Usage(input_tokens=self._input_tokens, output_tokens=self._output_tokens),
+            Finish(_STOP_REASONS.get(stop_reason, stop_reason)),
+        ]
 
 
 @dataclass(slots=True)

@@ -32,7 +32,7 @@ from agentruns.engine.models.provider_errors import (
     error_from_transport,
     incomplete_stream,
 )
-from agentruns.engine.models.sse import iter_sse_events
+from agentruns.engine.models.sse import SSEEvent, SSEParser
 from agentruns.engine.models.transport import ModelClient
 from agentruns.errors import ModelError
 
@@ -133,67 +133,89 @@ class OpenAIChatModel:
                     if isinstance(data, dict) and data.get("error"):
                         raise error_from_stream(data["error"], endpoint=self._endpoint)
                     raise incomplete_stream(self._endpoint)
-                async for event in self._read_stream(response):
+                # Read here rather than by a generator per layer: a call waiting for its
+                # model holds this one suspended frame (thousands can wait at once).
+                reply = _Reply(self._endpoint)
+                events = SSEParser(reply.feed)
+                async for line in response.aiter_lines():
+                    if (delta := events.feed(line)) is not None:
+                        yield delta
+                if (delta := events.end()) is not None:
+                    yield delta
+                for event in reply.end():
                     yield event
         except httpx.TransportError as exc:
             raise error_from_transport(
                 exc, endpoint=self._endpoint, timeout_s=self._timeout_s
             ) from exc
 
-    async def _read_stream(self, response: httpx.Response) -> AsyncIterator[ModelEvent]:
-        calls = _ToolCallAssembler()
-        usage: Usage | None = None
-        finish_reason: str | None = None
-        done = False
-        async for sse in iter_sse_events(response.aiter_lines()):
-            # Read on to the end of the body after `[DONE]` (it is right there): a response
-            # left unread cannot go back to the pool, and every call would open a connection.
-            if done:
+
+class _Reply:
+    """What one streamed completion said so far, fed its SSE events one at a time."""
+
+    __slots__ = ("_calls", "_done", "_endpoint", "_finish_reason", "_usage")
+
+    def __init__(self, endpoint: str) -> None:
+        self._endpoint = endpoint
+        self._calls = _ToolCallAssembler()
+        self._usage: Usage | None = None
+        self._finish_reason: str | None = None
+        self._done = False
+
+    def feed(self, sse: SSEEvent) -> TextDelta | None:
+        """The text this event adds, if any; tool calls are assembled until the end."""
+        # Read on to the end of the body after `[DONE]` (it is right there): a response
+        # left unread cannot go back to the pool, and every call would open a connection.
+        if self._done:
+            return None
+        if sse.data == "[DONE]":
+            self._done = True
+            return None
+        try:
+            chunk = orjson.loads(sse.data)
+        except orjson.JSONDecodeError as exc:
+            raise ModelError(
+                f"{self._endpoint} sent invalid JSON in its stream: {sse.data[:200]!r}",
+                retryable=True,
+            ) from exc
+        if not isinstance(chunk, dict):
+            return None
+        if chunk.get("error"):
+            raise error_from_stream(chunk["error"], endpoint=self._endpoint)
+        raw_usage = chunk.get("usage")
+        if raw_usage:
+            self._usage = Usage(
+                input_tokens=int(raw_usage.get("prompt_tokens") or 0),
+                output_tokens=int(raw_usage.get("completion_tokens") or 0),
+            )
+        text = ""
+        for choice in chunk.get("choices") or ():
+            if choice.get("index", 0) != 0:
                 continue
-            if sse.data == "[DONE]":
-                done = True
-                continue
-            try:
-                chunk = orjson.loads(sse.data)
-            except orjson.JSONDecodeError as exc:
-                raise ModelError(
-                    f"{self._endpoint} sent invalid JSON in its stream: {sse.data[:200]!r}",
-                    retryable=True,
-                ) from exc
-            if not isinstance(chunk, dict):
-                continue
-            if chunk.get("error"):
-                raise error_from_stream(chunk["error"], endpoint=self._endpoint)
-            raw_usage = chunk.get("usage")
-            if raw_usage:
-                usage = Usage(
-                    input_tokens=int(raw_usage.get("prompt_tokens") or 0),
-                    output_tokens=int(raw_usage.get("completion_tokens") or 0),
-                )
-            for choice in chunk.get("choices") or ():
-                if choice.get("index", 0) != 0:
-                    continue
-                delta = choice.get("delta") or {}
-                text = delta.get("content")
-                if text:
-                    yield TextDelta(text)
-                fragments = delta.get("tool_calls")
-                if fragments:
-                    calls.add(fragments)
-                if choice.get("finish_reason"):
-                    finish_reason = choice["finish_reason"]
+            delta = choice.get("delta") or {}
+            text += delta.get("content") or ""
+            fragments = delta.get("tool_calls")
+            if fragments:
+                self._calls.add(fragments)
+            if choice.get("finish_reason"):
+                self._finish_reason = choice["finish_reason"]
+        return TextDelta(text) if text else None
+
+    def end(self) -> list[ModelEvent]:
+        """The tool calls, usage and finish reason, once the stream has ended."""
         # A server that skips `[DONE]` but said why it finished is complete enough.
-        if not done and finish_reason is None:
+        if not self._done and self._finish_reason is None:
             raise incomplete_stream(self._endpoint)
-        completed = calls.completed()
-        for call in completed:
-            yield call
-        if usage is not None:
-            yield usage
+        completed = self._calls.completed()
+        finish_reason = self._finish_reason
         if completed and finish_reason in (None, "stop"):
             # Some servers report "stop" even when the turn ends in tool calls.
             finish_reason = "tool_calls"
-        yield Finish(finish_reason or "stop")
+        tail: list[ModelEvent] = [*completed]
+        if self._usage is not None:
+            tail.append(self._usage)
+        tail.append(Finish(finish_reason or "stop"))
+        return tail
 
 
 @dataclass(slots=True)

@@ -37,24 +37,38 @@ _MAX_LINE = 64 * 1024
 
 
 class _Connection(asyncio.Protocol):
-    """One connection: what arrives is buffered here, and read back as lines or sizes.
+    """One connection: what arrives is buffered here for the response to parse.
 
     In place of asyncio's streams (a reader, a writer and a protocol, each with a dict of
     attributes): about 1.5 KB less for each of the thousands of calls that can be open.
-    What was received is read before a broken connection's error is raised; at the end
-    of the stream, `readline` returns what is left and then b"", `readexactly` raises
-    `IncompleteReadError`, `read` returns b"".
+    A reader parses what `buffer` holds and, when it needs more, awaits `more()`; what
+    was received is read before a broken connection's error is raised.
     """
 
-    __slots__ = ("_buffer", "_drained", "_eof", "_error", "_paused", "_waiter", "transport")
+    __slots__ = (
+        "_drained",
+        "_paused",
+        "_waiter",
+        "buffer",
+        "eof",
+        "error",
+        "read_timeout",
+        "timed_out",
+        "transport",
+        "waiting_since",
+    )
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
-        self._buffer = bytearray()
+        self.buffer = bytearray()
+        self.eof = False
+        self.error: Exception | None = None
+        # Set while a read waits; `_ReadDeadlines` aborts a connection silent for too long.
+        self.waiting_since: float | None = None
+        self.read_timeout = 300.0
+        self.timed_out = False
         self._waiter: asyncio.Future[None] | None = None
         self._drained: asyncio.Future[None] | None = None  # while the send buffer is full
-        self._eof = False
-        self._error: Exception | None = None
         self._paused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -63,20 +77,20 @@ class _Connection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
-        self._buffer += data
-        if len(self._buffer) > _HIGH_WATER and not self._paused and self.transport is not None:
+        self.buffer += data
+        if len(self.buffer) > _HIGH_WATER and not self._paused and self.transport is not None:
             self.transport.pause_reading()
             self._paused = True
         self._wake()
 
     def eof_received(self) -> bool:
-        self._eof = True
+        self.eof = True
         self._wake()
         return False  # HTTP/1.1 has no half-closed connections: close ours too
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._eof = True
-        self._error = exc
+        self.eof = True
+        self.error = exc
         self._wake()
         self.resume_writing()
 
@@ -89,61 +103,64 @@ class _Connection(asyncio.Protocol):
             drained.set_result(None)
 
     def _wake(self) -> None:
+        self.waiting_since = None
         waiter, self._waiter = self._waiter, None
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    async def _more(self) -> None:
-        """Wait for more data or the end; raise if the connection broke."""
-        if self._eof:
-            if self._error is not None:
-                raise self._error
-            return
+    def more(self) -> asyncio.Future[None]:
+        """Done when more data arrives or the connection ends (check `eof` first).
+
+        A future rather than a coroutine: a call waiting for its model holds no frame here.
+        """
         if self._paused and self.transport is not None:
             self._paused = False
             self.transport.resume_reading()
-        self._waiter = asyncio.get_running_loop().create_future()
-        await self._waiter
+        loop = asyncio.get_running_loop()
+        self.waiting_since = loop.time()
+        self._waiter = loop.create_future()
+        return self._waiter
 
-    def _take(self, size: int) -> bytes:
-        data = bytes(self._buffer[:size])
-        del self._buffer[:size]
+    def ended_error(self, mid_body: bool) -> httpx.TransportError:
+        """Why a read found the connection at its end."""
+        if self.timed_out:
+            return httpx.ReadTimeout(f"no data for {self.read_timeout:g} s")
+        if self.error is not None:
+            return httpx.ReadError(str(self.error) or type(self.error).__name__)
+        if mid_body:
+            return httpx.RemoteProtocolError("the server closed the connection mid-body")
+        return httpx.RemoteProtocolError("the server closed the connection")
+
+    def take_line(self) -> bytes | None:
+        """A whole line from the buffer, with its ending; None until one has arrived."""
+        end = self.buffer.find(b"\n")
+        if end < 0:
+            if len(self.buffer) > _MAX_LINE:
+                raise httpx.RemoteProtocolError(f"a line longer than {_MAX_LINE} bytes")
+            return None
+        return self.take(end + 1)
+
+    def take(self, size: int) -> bytes:
+        data = bytes(self.buffer[:size])
+        del self.buffer[:size]
         return data
 
     async def readline(self) -> bytes:
-        while (end := self._buffer.find(b"\n")) < 0:
-            if len(self._buffer) > _MAX_LINE:
-                raise httpx.RemoteProtocolError(f"a line longer than {_MAX_LINE} bytes")
-            if self._eof:
-                await self._more()
-                return self._take(len(self._buffer))
-            await self._more()
-        return self._take(end + 1)
-
-    async def readexactly(self, size: int) -> bytes:
-        while len(self._buffer) < size:
-            if self._eof:
-                await self._more()
-                raise asyncio.IncompleteReadError(self._take(len(self._buffer)), size)
-            await self._more()
-        return self._take(size)
-
-    async def read(self, size: int) -> bytes:
-        while not self._buffer:
-            if self._eof:
-                await self._more()
-                return b""
-            await self._more()
-        return self._take(min(size, len(self._buffer)))
+        """The next line, or raise at the end of the connection."""
+        while (line := self.take_line()) is None:
+            if self.eof:
+                raise self.ended_error(mid_body=False)
+            await self.more()
+        return line
 
     async def send(self, data: bytes) -> None:
-        if self._eof or self.transport is None:
+        if self.eof or self.transport is None:
             raise ConnectionResetError("the server closed the connection")
         self.transport.write(data)
         if self._drained is not None:
             await self._drained
-        if self._error is not None:
-            raise self._error
+        if self.error is not None:
+            raise self.error
 
     def abort(self) -> None:
         if self.transport is not None:
@@ -154,137 +171,289 @@ class _Connection(asyncio.Protocol):
             self.transport.close()
 
 
+class _ReadDeadlines:
+    """Aborts connections whose read has waited longer than their read timeout.
+
+    One task sweeping the busy connections a few times per timeout, instead of a timer
+    per response: a timer (handle, libuv timer, context, bound method) weighs about
+    0.7 KB, times thousands of calls waiting for their first token.
+    """
+
+    def __init__(self) -> None:
+        self.busy: set[_Connection] = set()
+        self._tick = 1.0
+        self._task: asyncio.Task[None] | None = None
+
+    def watch(self, conn: _Connection, read_timeout: float) -> None:
+        conn.read_timeout = read_timeout
+        conn.timed_out = False
+        self.busy.add(conn)
+        # A few sweeps per timeout, so that a read times out at most a quarter late.
+        self._tick = max(0.01, min(self._tick, read_timeout / 4))
+        if self._task is None:
+            self._task = asyncio.create_task(self._sweep())
+
+    def unwatch(self, conn: _Connection) -> None:
+        conn.waiting_since = None
+        self.busy.discard(conn)
+
+    async def _sweep(self) -> None:
+        try:
+            while self.busy:
+                await asyncio.sleep(self._tick)
+                now = asyncio.get_running_loop().time()
+                silent = [
+                    conn
+                    for conn in self.busy
+                    if conn.waiting_since is not None
+                    and now - conn.waiting_since >= conn.read_timeout
+                ]
+                for conn in silent:
+                    conn.timed_out = True
+                    conn.abort()  # the waiting read then finds the end
+        finally:
+            self._task = None
+
+    def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+
 class ResponseHeaders(Mapping[str, str]):
     """A response's header fields as received, looked up by name in any case.
 
-    Lighter than `httpx.Headers`, which copies and lowercases every field up front: a
-    response can stay open for minutes, and thousands can be open at once.
+    Kept as the received bytes and parsed on lookup, which is rare (the content type,
+    `retry-after` on errors): a response can stay open for minutes, and thousands can be
+    open at once.
     """
 
-    __slots__ = ("_fields",)
+    __slots__ = ("_block",)
 
-    def __init__(self, fields: list[tuple[bytes, bytes]]) -> None:
-        self._fields = fields
+    def __init__(self, block: bytes) -> None:
+        self._block = block
+
+    def fields(self) -> Iterator[tuple[bytes, bytes]]:
+        for line in self._block.split(b"\n"):
+            name, colon, value = line.partition(b":")
+            if colon:
+                yield name.strip(), value.strip()
 
     def __getitem__(self, name: str) -> str:
         wanted = name.lower().encode("latin-1")
-        values = [value for key, value in self._fields if key.lower() == wanted]
+        values = [value for key, value in self.fields() if key.lower() == wanted]
         if not values:
             raise KeyError(name)
         return b", ".join(values).decode("latin-1")
 
     def __iter__(self) -> Iterator[str]:
-        return iter(dict.fromkeys(key.decode("latin-1").lower() for key, _ in self._fields))
+        return iter(dict.fromkeys(key.decode("latin-1").lower() for key, _ in self.fields()))
 
     def __len__(self) -> int:
-        return len({key.lower() for key, _ in self._fields})
+        return len({key.lower() for key, _ in self.fields()})
+
+
+# How a body's end is known: by its chunks, by its size, or by the connection closing.
+_CHUNKED, _SIZED, _UNTIL_CLOSE = 0, 1, 2
 
 
 class StreamedResponse:
-    """The status, headers and body stream of one response."""
+    """The status, headers and body stream of one response.
 
-    def __init__(
-        self, status_code: int, headers: ResponseHeaders, conn: _Connection, read_timeout: float
-    ) -> None:
+    The body is parsed straight from the connection's buffer (`_body`, no awaits), so
+    that a call waiting for data holds one generator and a future, not a stack of
+    coroutines.
+    """
+
+    __slots__ = (
+        "_conn",
+        "_consumed",
+        "_ended",
+        "_framing",
+        "_in_trailers",
+        "_keep_alive",
+        "_left",
+        "headers",
+        "reusable",
+        "status_code",
+    )
+
+    def __init__(self, status_code: int, headers: ResponseHeaders, conn: _Connection) -> None:
         self.status_code = status_code
         self.headers = headers
-        self._conn = conn
-        self._timeout = read_timeout
         self.reusable = False
+        self._conn = conn
         self._consumed = False
-        self._loop = asyncio.get_running_loop()
-        self._read_started: float | None = None  # while a read waits
-        self._watchdog: asyncio.TimerHandle | None = None
-        self._timed_out = False
+        self._ended = False
+        self._in_trailers = False
+        self._keep_alive = True
+        self._framing, self._left = _UNTIL_CLOSE, 0
+        for name, value in headers.fields():  # one pass, not a lookup per field
+            name = name.lower()
+            if name == b"connection":
+                self._keep_alive = value.lower() != b"close"
+            elif name == b"transfer-encoding" and b"chunked" in value.lower():
+                self._framing, self._left = _CHUNKED, 0  # data left in the chunk; -1: CRLF
+            elif name == b"content-length" and self._framing != _CHUNKED:
+                try:
+                    self._framing, self._left = _SIZED, int(value)
+                except ValueError as exc:
+                    raise httpx.RemoteProtocolError(f"bad Content-Length {value!r}") from exc
 
-    def _watch(self) -> None:
-        # One timer per response instead of one per read: most reads find their data
-        # already buffered, and arming a timeout for each cost more than the read itself.
-        started, now = self._read_started, self._loop.time()
-        if started is not None and now - started >= self._timeout:
-            self._timed_out = True
-            self._conn.abort()  # the waiting read then sees the end
-            return
-        wait = self._timeout if started is None else started + self._timeout - now
-        self._watchdog = self._loop.call_later(wait, self._watch)
+    def _body(self) -> bytes | None:
+        """The body bytes received and not yet read (b"" for none yet); None at its end."""
+        if self._ended:
+            return None
+        conn = self._conn
+        buffer = conn.buffer
+        if self._framing == _SIZED:
+            data = conn.take(min(self._left, len(buffer)))
+            self._left -= len(data)
+            if self._left == 0:
+                self._end()
+            return data or (None if self._ended else b"")
+        if self._framing == _UNTIL_CLOSE:
+            data = conn.take(len(buffer))
+            if not data and conn.eof:
+                if conn.timed_out or conn.error is not None:
+                    raise conn.ended_error(mid_body=False)
+                self._ended = True
+                return None
+            return data
+        parts: list[bytes] = []
+        while not self._ended:
+            if self._left > 0:
+                if not buffer:
+                    break
+                part = conn.take(min(self._left, len(buffer)))
+                self._left -= len(part)
+                parts.append(part)
+                if self._left == 0:
+                    self._left = -1
+                continue
+            line = conn.take_line()
+            if line is None:
+                break
+            if self._left == -1:  # the line ending after a chunk's data
+                if line.strip():
+                    raise httpx.RemoteProtocolError("a chunk longer than its size")
+                self._left = 0
+            elif self._in_trailers:
+                if not line.strip():
+                    self._end()
+            else:
+                try:
+                    size = int(line.split(b";", 1)[0].strip(), 16)
+                except ValueError as exc:
+                    raise httpx.RemoteProtocolError(f"bad chunk size {line[:100]!r}") from exc
+                if size == 0:
+                    self._in_trailers = True  # trailers, if any, end with an empty line
+                else:
+                    self._left = size
+        if parts:
+            return b"".join(parts)
+        return None if self._ended else b""
 
-    def close_watch(self) -> None:
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-            self._watchdog = None
-
-    async def _read(self, reading: Any) -> bytes:
-        if self._watchdog is None:
-            self._watch()
-        self._read_started = self._loop.time()
-        try:
-            data: bytes = await reading
-        except (asyncio.IncompleteReadError, ConnectionError, OSError) as exc:
-            # The watchdog aborts the connection, so a timeout shows up as a broken read.
-            if self._timed_out:
-                raise self._timeout_error() from exc
-            if isinstance(exc, asyncio.IncompleteReadError):
-                closed = "the server closed the connection mid-body"
-                raise httpx.RemoteProtocolError(closed) from exc
-            raise httpx.ReadError(str(exc) or type(exc).__name__) from exc
-        finally:
-            self._read_started = None
-        if self._timed_out:
-            raise self._timeout_error()
-        return data
-
-    def _timeout_error(self) -> httpx.ReadTimeout:
-        return httpx.ReadTimeout(f"no data for {self._timeout:g} s")
+    def _end(self) -> None:
+        self._ended = True
+        # Bytes past the end would be taken for the next response's: don't reuse then.
+        self.reusable = self._keep_alive and not self._conn.buffer
 
     async def aiter_bytes(self) -> AsyncIterator[bytes]:
         if self._consumed:
             return
         self._consumed = True
         conn = self._conn
-        keep_alive = self.headers.get("connection", "").lower() != "close"
-        if "chunked" in self.headers.get("transfer-encoding", "").lower():
-            while True:
-                size_line = await self._read(conn.readline())
-                try:
-                    size = int(size_line.split(b";", 1)[0].strip(), 16)
-                except ValueError as exc:
-                    raise httpx.RemoteProtocolError(f"bad chunk size {size_line!r}") from exc
-                if size == 0:
-                    # Trailers, if any, end with an empty line.
-                    while (await self._read(conn.readline())).strip():
-                        pass
-                    break
-                chunk = await self._read(conn.readexactly(size + 2))
-                yield chunk[:-2]
-            self.reusable = keep_alive
-        elif "content-length" in self.headers:
-            remaining = int(self.headers["content-length"])
-            while remaining > 0:
-                chunk = await self._read(conn.read(min(remaining, 65536)))
-                if not chunk:
-                    raise httpx.RemoteProtocolError("the server closed the connection mid-body")
-                remaining -= len(chunk)
-                yield chunk
-            self.reusable = keep_alive
-        else:
-            while chunk := await self._read(conn.read(65536)):
-                yield chunk
+        while (data := self._body()) is not None:
+            if data:
+                yield data
+            elif conn.eof:
+                raise conn.ended_error(mid_body=True)
+            else:
+                await conn.more()
 
     async def aread(self) -> bytes:
         return b"".join([chunk async for chunk in self.aiter_bytes()])
 
     async def aiter_lines(self) -> AsyncIterator[str]:
         """Lines without their ending (\n or \r\n); UTF-8 split across chunks is kept whole."""
+        if self._consumed:
+            return
+        self._consumed = True
+        conn = self._conn
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        pending = ""
-        async for chunk in self.aiter_bytes():
-            lines = (pending + decoder.decode(chunk)).split("\n")
-            pending = lines.pop()
-            for line in lines:
-                yield line.removesuffix("\r")
-        pending += decoder.decode(b"", final=True)
-        if pending:
-            yield pending.removesuffix("\r")
+        text = ""  # decoded, not yet a whole line
+        while (data := self._body()) is not None:
+            if data:
+                text += decoder.decode(data)
+                start = 0
+                while (end := text.find("\n", start)) >= 0:
+                    yield text[start:end].removesuffix("\r")
+                    start = end + 1
+                text = text[start:]
+            elif conn.eof:
+                raise conn.ended_error(mid_body=True)
+            else:
+                await conn.more()
+        text += decoder.decode(b"", final=True)
+        if text:
+            yield text.removesuffix("\r")
+
+
+class _Exchange:
+    """One request and its response: `async with client.stream(...) as response`.
+
+    A class rather than an `asynccontextmanager` generator, which would be one more
+    suspended frame per call in flight.
+    """
+
+    __slots__ = ("_client", "_conn", "_fallback", "_origin", "_request", "_response", "_timeout")
+
+    def __init__(
+        self,
+        client: ModelHTTPClient,
+        origin: Origin | None,
+        request: bytes,
+        read_timeout: float,
+        fallback: contextlib.AbstractAsyncContextManager[httpx.Response] | None = None,
+    ) -> None:
+        self._client = client
+        self._origin = origin
+        self._request = request
+        self._timeout = read_timeout
+        self._fallback = fallback
+        self._conn: _Connection | None = None
+        self._response: StreamedResponse | None = None
+
+    async def __aenter__(self) -> Any:
+        if self._fallback is not None:
+            return await self._fallback.__aenter__()
+        assert self._origin is not None
+        await self._client._slots.acquire()
+        try:
+            request, self._request = self._request, b""
+            self._conn, self._response = await self._client._send(
+                self._origin, request, self._timeout
+            )
+        except BaseException:
+            self._client._slots.release()
+            raise
+        return self._response
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any
+    ) -> None:
+        if self._fallback is not None:
+            await self._fallback.__aexit__(exc_type, exc, tb)
+            return
+        conn, response, client = self._conn, self._response, self._client
+        assert conn is not None and response is not None and self._origin is not None
+        try:
+            if exc is None and not response._consumed:
+                await response.aread()
+        except BaseException:
+            client._release(conn, self._origin, reusable=False)
+            raise
+        client._release(conn, self._origin, reusable=exc is None and response.reusable)
 
 
 class ModelHTTPClient:
@@ -301,6 +470,7 @@ class ModelHTTPClient:
         self._idle: dict[Origin, list[_Connection]] = defaultdict(list)
         self._slots = asyncio.Semaphore(max_connections)
         self._max_idle = max_idle_per_origin
+        self._deadlines = _ReadDeadlines()
         self._ssl: ssl.SSLContext | None = None
         self._proxies = urllib.request.getproxies()
         self._fallback: httpx.AsyncClient | None = None
@@ -312,6 +482,7 @@ class ModelHTTPClient:
         await self.aclose()
 
     async def aclose(self) -> None:
+        self._deadlines.close()
         for connections in self._idle.values():
             for conn in connections:
                 conn.close()
@@ -324,52 +495,42 @@ class ModelHTTPClient:
             urllib.request.proxy_bypass(host)
         )
 
-    @contextlib.asynccontextmanager
-    async def stream(
+    def stream(
         self,
         method: str,
         url: str,
         *,
         content: bytes = b"",
         headers: Mapping[str, str] | None = None,
-        timeout: float | httpx.Timeout = 300.0,  # noqa: ASYNC109 (the httpx signature)
-    ) -> AsyncIterator[Any]:
+        timeout: float | httpx.Timeout = 300.0,
+    ) -> contextlib.AbstractAsyncContextManager[Any]:
         parts = urlsplit(url)
         scheme, host = parts.scheme, parts.hostname or ""
         if scheme not in ("http", "https"):
             raise httpx.UnsupportedProtocol(f"unsupported URL scheme {scheme!r}")
         if self._proxied(scheme, host):
             self._fallback = self._fallback or httpx.AsyncClient()
-            async with self._fallback.stream(
+            proxied = self._fallback.stream(
                 method, url, content=content, headers=headers, timeout=timeout
-            ) as proxied:
-                yield proxied
-            return
+            )
+            return _Exchange(self, None, b"", 0.0, fallback=proxied)
         read_timeout = timeout.read if isinstance(timeout, httpx.Timeout) else timeout
         origin = (scheme, host, parts.port or (443 if scheme == "https" else 80))
         target = parts.path or "/"
         if parts.query:
             target += "?" + parts.query
+        # The exchange keeps only the encoded request, and lets go of it once sent: a
+        # response may stream for minutes, and orjson's bodies keep a 4 KB buffer.
         request = _request_head(method, target, parts.netloc, content, headers or {}) + content
-        # A response may stream for minutes: don't hold the request meanwhile (orjson's
-        # bodies keep a 4 KB buffer, which at thousands of calls in flight adds up).
-        del content
-        async with self._slots:
-            conn, response = await self._send(origin, request, read_timeout or 300.0)
-            del request
-            try:
-                yield response
-                if not response._consumed:
-                    await response.aread()
-            except BaseException:
-                conn.close()
-                raise
-            finally:
-                response.close_watch()
-            if response.reusable and len(self._idle[origin]) < self._max_idle:
-                self._idle[origin].append(conn)
-            else:
-                conn.close()
+        return _Exchange(self, origin, request, read_timeout or 300.0)
+
+    def _release(self, conn: _Connection, origin: Origin, *, reusable: bool) -> None:
+        self._deadlines.unwatch(conn)
+        self._slots.release()
+        if reusable and len(self._idle[origin]) < self._max_idle:
+            self._idle[origin].append(conn)
+        else:
+            conn.close()
 
     async def _send(
         self, origin: Origin, request: bytes, read_timeout: float
@@ -379,16 +540,19 @@ class ModelHTTPClient:
         while True:
             reused = bool(self._idle[origin])
             conn = self._idle[origin].pop() if reused else await self._connect(origin)
+            self._deadlines.watch(conn, read_timeout)
             try:
                 await conn.send(request)
-                return conn, await _read_head(conn, read_timeout)
+                return conn, await _read_head(conn)
             except (httpx.RemoteProtocolError, httpx.ReadError, ConnectionError) as exc:
+                self._deadlines.unwatch(conn)
                 conn.close()
                 if not reused:
                     if isinstance(exc, httpx.TransportError):
                         raise
                     raise httpx.WriteError(str(exc) or type(exc).__name__) from exc
             except BaseException:
+                self._deadlines.unwatch(conn)
                 conn.close()
                 raise
 
@@ -425,23 +589,19 @@ def _request_head(
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
-async def _read_head(conn: _Connection, read_timeout: float) -> StreamedResponse:
+async def _read_head(conn: _Connection) -> StreamedResponse:
     try:
-        async with asyncio.timeout(read_timeout):
-            status_line = await conn.readline()
-            if not status_line:
-                raise httpx.RemoteProtocolError("the server closed the connection")
-            fields: list[tuple[bytes, bytes]] = []
-            while (line := await conn.readline()) not in (b"\r\n", b"\n", b""):
-                name, _, value = line.partition(b":")
-                fields.append((name.strip(), value.strip()))
-    except TimeoutError as exc:
-        raise httpx.ReadTimeout(f"no response for {read_timeout:g} s") from exc
+        status_line = await conn.readline()
+        head = bytearray()
+        while (line := await conn.readline()) not in (b"\r\n", b"\n"):
+            head += line
+    except httpx.ReadTimeout as exc:
+        raise httpx.ReadTimeout(f"no response for {conn.read_timeout:g} s") from exc
     try:
         status = int(status_line.split(None, 2)[1])
     except (IndexError, ValueError) as exc:
         raise httpx.RemoteProtocolError(f"bad status line {status_line[:100]!r}") from exc
-    return StreamedResponse(status, ResponseHeaders(fields), conn, read_timeout)
+    return StreamedResponse(status, ResponseHeaders(bytes(head)), conn)
 
 
 # What model adapters accept: ours, or any httpx client (tests use httpx's mock transport).
