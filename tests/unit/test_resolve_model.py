@@ -91,3 +91,21 @@ async def test_anthropic_uses_its_own_variables(client: httpx.AsyncClient) -> No
     )
     assert isinstance(proxied, AnthropicModel)
     assert proxied._url == "http://proxy/v1/messages"
+
+
+async def test_runs_share_an_adapter_until_its_endpoint_or_key_changes(
+    client: httpx.AsyncClient,
+) -> None:
+    cache: dict = {}
+    env = {"OPENAI_API_KEY": "sk-one"}
+    first = resolve_model("openai:m", {}, client=client, env=env, cache=cache)
+    assert resolve_model("openai:m", {}, client=client, env=env, cache=cache) is first
+    rotated = resolve_model(
+        "openai:m", {}, client=client, env={"OPENAI_API_KEY": "sk-two"}, cache=cache
+    )
+    assert rotated is not first and rotated._headers["authorization"] == "Bearer sk-two"
+    for settings in ({"base_url": "http://elsewhere/v1"}, {"timeout_s": 5}):
+        assert resolve_model("openai:m", settings, client=client, env=env, cache=cache) is not first
+    assert resolve_model("openai:other", {}, client=client, env=env, cache=cache) is not first
+    claude = resolve_model("anthropic:m", {}, client=client, env=env, cache=cache)
+    assert isinstance(claude, AnthropicModel)

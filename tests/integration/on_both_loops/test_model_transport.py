@@ -259,6 +259,39 @@ async def test_a_runaway_line_and_a_reset_are_errors_not_hangs() -> None:
                 await response.aread()
 
 
+async def test_a_connection_is_reused_only_after_a_body_that_ended_cleanly() -> None:
+    accepted = 0
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal accepted
+        accepted += 1
+        while True:
+            request = await reader.readline()
+            if not request:
+                return
+            await _drain_request(reader)
+            if b"/extra" in request:  # two bytes more than it said: not reusable
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokXX")
+            elif b"/badchunk" in request:  # a chunk longer than its size line
+                writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+                writer.write(b"2\r\nokXX\r\n0\r\n\r\n")
+            else:
+                writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+                writer.write(b"2\r\nok\r\n0\r\nX-Trailer: t\r\n\r\n")
+            await writer.drain()
+
+    server, url = await raw_server(handler)
+    async with server, ModelHTTPClient() as client:
+        for path in ("/a", "/b", "/extra", "/c"):
+            async with client.stream("POST", url + path, content=b"{}") as response:
+                assert await response.aread() == b"ok"
+        # The trailers were read and the connection reused; the extra bytes closed it.
+        assert accepted == 2
+        with pytest.raises(httpx.RemoteProtocolError, match="longer than its size"):
+            async with client.stream("POST", url + "/badchunk", content=b"{}") as response:
+                await response.aread()
+
+
 async def test_https_with_a_verified_certificate(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
