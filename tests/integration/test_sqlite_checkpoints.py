@@ -7,10 +7,10 @@ import sqlite3
 import time
 from pathlib import Path
 
-import orjson
 import sqlalchemy as sa
 
-from agentruns.store.sqlite import CHECKPOINT_EVERY_WRITES, SQLiteConnections
+from agentruns.store.database import Database
+from agentruns.store.sqlite import CHECKPOINT_EVERY_WRITES
 
 ROWS = 3 * CHECKPOINT_EVERY_WRITES
 
@@ -21,10 +21,10 @@ def rows_in_the_database_file(path: Path) -> int:
         return conn.execute("SELECT count(*) FROM notes").fetchone()[0]
 
 
-async def write_notes(connections: SQLiteConnections, count: int) -> None:
+async def write_notes(db: Database, count: int) -> None:
     for i in range(count):
-        async with connections.transaction(write=True) as conn:
-            await conn.execute(
+        async with db.write() as tx:
+            await tx.conn.execute(
                 sa.text("INSERT INTO notes (body) VALUES (:body)"), {"body": "x" * 500 + str(i)}
             )
 
@@ -34,24 +34,22 @@ def test_the_log_is_checkpointed_by_the_thread_and_emptied_at_close(tmp_path: Pa
     checkpoints_in_commits: list[int] = []
 
     async def scenario() -> None:
-        connections = SQLiteConnections(
-            f"sqlite:///{path}", json_serializer=orjson.dumps, json_deserializer=orjson.loads
-        )
+        db = Database(f"sqlite:///{path}")
         try:
-            async with connections.transaction(write=True) as conn:
-                await conn.execute(
+            async with db.write() as tx:
+                await tx.conn.execute(
                     sa.text("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)")
                 )
-            await write_notes(connections, ROWS)
+            await write_notes(db, ROWS)
             deadline = time.monotonic() + 10
             while rows_in_the_database_file(path) < ROWS - CHECKPOINT_EVERY_WRITES:
                 assert time.monotonic() < deadline, "the checkpointer copied nothing"
                 await asyncio.sleep(0.05)
-            async with connections.transaction(write=False) as conn:
+            async with db.read() as conn:
                 mode = (await conn.execute(sa.text("PRAGMA wal_autocheckpoint"))).scalar()
                 checkpoints_in_commits.append(mode)
         finally:
-            connections.close()
+            await db.close()
 
     asyncio.run(scenario())
     assert checkpoints_in_commits == [0]

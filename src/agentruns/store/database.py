@@ -12,7 +12,7 @@ import contextlib
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import orjson
 import sqlalchemy as sa
@@ -77,7 +77,6 @@ def without_nul(text: str) -> str:
     return text.replace("\x00", "\ufffd")
 
 
-_NO_LOCK = contextlib.nullcontext()
 _NOTIFY = sa.select(
     sa.func.pg_notify(
         sa.bindparam("channel", type_=sa.Text), sa.bindparam("payload", type_=sa.Text)
@@ -235,7 +234,8 @@ class Database:
 
     def _transaction(self, *, write: bool) -> contextlib.AbstractAsyncContextManager[Any]:
         if self._sqlite is not None:
-            return self._sqlite.transaction(write=write)
+            assert not write, "SQLite writes go through write()"
+            return self._sqlite.read()
         return self._postgres_transaction(write=write)
 
     @contextlib.asynccontextmanager
@@ -264,10 +264,39 @@ class Database:
 
     @contextlib.asynccontextmanager
     async def write(self) -> AsyncIterator[Tx]:
-        """A write transaction; its announcements wake local waiters after commit."""
-        async with self._write_lock or _NO_LOCK, self._transaction(write=True) as conn:
-            tx = Tx(conn, self.is_postgres)
-            yield tx
+        """A write transaction; its announcements wake local waiters after commit.
+
+        On SQLite the writes of one turn of the event loop commit together (see
+        `store/sqlite.py`); within a process, writers queue on a lock, not on the file's.
+        """
+        if self._sqlite is not None:
+            assert self._write_lock is not None
+            async with self._write_lock:
+                group = await self._sqlite.begin_write()
+                # LoopConnection offers the one method of AsyncConnection that writes use.
+                tx = Tx(cast(AsyncConnection, group.loop_conn), is_postgres=False)
+                try:
+                    yield tx
+                except Exception as exc:
+                    failed: Exception | None = exc
+                    settled = self._sqlite.undo_write(group)
+                except BaseException:
+                    self._sqlite.undo_write(group).cancel()  # cancelled: it waits for nothing
+                    raise
+                else:
+                    failed = None
+                    settled = self._sqlite.end_write(group)
+            if failed is not None:
+                # A writer that failed (say, on a row a writer of its group inserted) also
+                # waits for the group's commit: what it reads next then shows that row.
+                with contextlib.suppress(Exception):
+                    await settled
+                raise failed
+            await settled
+        else:
+            async with self._transaction(write=True) as conn:
+                tx = Tx(conn, self.is_postgres)
+                yield tx
         for run_id, event_type, events in tx.run_events:
             self.notifier.run_changed(run_id, event_type, events)
         if tx.queue_changed:

@@ -6,6 +6,12 @@ statement). So statements run synchronously on the loop, behind an awaitable
 facade. Nothing inside a transaction suspends, so coroutines never interleave
 inside one; a transaction that could not take the write lock at once (another
 process holds it) waits by sleeping on the loop, never by blocking it.
+
+Writes commit in groups: the writers that run in one turn of the event loop share one
+transaction, each in a savepoint of its own (so one that fails undoes only its own
+statements), committed once at the end of the turn; each writer waits for that commit
+before it goes on. Under load a commit, not a statement, is what a write costs, and
+thousands of runs' steps can be ready at once; a lone writer waits one turn of the loop.
 """
 
 from __future__ import annotations
@@ -52,6 +58,26 @@ class LoopConnection:
         return self.sync.execute(statement, parameters)
 
 
+class WriteGroup:
+    """One write transaction, shared by the writers of one turn of the event loop."""
+
+    __slots__ = ("conn", "done", "due", "failed", "loop_conn", "open", "raw", "waiters")
+
+    def __init__(self, conn: sa.Connection) -> None:
+        self.conn = conn
+        self.loop_conn = LoopConnection(conn)
+        self.raw: sqlite3.Connection = conn.connection.driver_connection  # type: ignore[assignment]
+        self.waiters: list[asyncio.Future[None]] = []
+        self.open = False  # a writer is inside its savepoint
+        self.due = False  # the turn ended while a writer was inside
+        self.done = False
+        self.failed: StoreError | None = None
+
+
+def _failed(exc: BaseException | None) -> StoreError:
+    return StoreError(f"the database failed: {exc}")
+
+
 def _is_busy(exc: sa.exc.OperationalError) -> bool:
     text = str(exc.orig).lower()
     return "locked" in text or "busy" in text
@@ -74,6 +100,7 @@ class SQLiteConnections:
         in_memory = not path or path == ":memory:" or path.startswith("file::memory:")
         self._checkpointer = Checkpointer(path) if path and not in_memory else None
         self._writes = 0
+        self._group: WriteGroup | None = None
 
     def _acquire(self) -> sa.Connection:
         if self._idle:
@@ -104,29 +131,105 @@ class SQLiteConnections:
             delay = min(delay * 2, 0.05)
 
     @contextlib.asynccontextmanager
-    async def transaction(self, *, write: bool) -> AsyncIterator[LoopConnection]:
+    async def read(self) -> AsyncIterator[LoopConnection]:
+        """A read transaction: one snapshot for all its statements."""
         conn = self._acquire()
         try:
-            await self._begin(conn, "BEGIN IMMEDIATE" if write else "BEGIN")
-            try:
-                yield LoopConnection(conn)
-            except BaseException:
-                conn.rollback()
-                raise
-            try:
-                conn.commit()
-            except sa.exc.OperationalError as exc:
-                conn.rollback()
-                raise StoreError(f"the database failed: {exc.orig}") from exc
-            if write and self._checkpointer is not None:
-                self._writes += 1
-                if self._writes >= CHECKPOINT_EVERY_WRITES:
-                    self._writes = 0
-                    self._checkpointer.request()
+            await self._begin(conn, "BEGIN")
+            yield LoopConnection(conn)
         except sa.exc.OperationalError as exc:
             raise StoreError(f"the database failed: {exc.orig}") from exc
         finally:
             self._release(conn)
+
+    async def begin_write(self) -> WriteGroup:
+        """Join this turn's write transaction, or begin it; inside a savepoint of its own.
+
+        The caller holds the process's write lock until `end_write` or `undo_write`, so
+        savepoints never nest.
+        """
+        group = self._group
+        if group is None:
+            conn = self._acquire()
+            try:
+                await self._begin(conn, "BEGIN IMMEDIATE")
+            except BaseException:
+                self._release(conn)
+                raise
+            group = self._group = WriteGroup(conn)
+            asyncio.get_running_loop().call_soon(self._end_of_turn, group)
+        group.raw.execute("SAVEPOINT writer")
+        group.open = True
+        return group
+
+    def end_write(self, group: WriteGroup) -> asyncio.Future[None]:
+        """Keep the writer's statements; done when they are committed, with the group's."""
+        group.open = False
+        committed = asyncio.get_running_loop().create_future()
+        group.waiters.append(committed)
+        try:
+            group.raw.execute("RELEASE writer")
+        except sqlite3.Error as exc:
+            group.failed = _failed(exc)
+        if group.due or group.failed is not None:
+            self._commit(group)
+        return committed
+
+    def undo_write(self, group: WriteGroup) -> asyncio.Future[None]:
+        """Undo the writer's statements only (it raised); done when the group has ended."""
+        group.open = False
+        settled = asyncio.get_running_loop().create_future()
+        group.waiters.append(settled)
+        try:
+            if group.raw.in_transaction:
+                group.raw.execute("ROLLBACK TO writer")
+                group.raw.execute("RELEASE writer")
+            else:
+                # Some errors (disk full, I/O) end the whole transaction: the group is lost.
+                group.failed = StoreError("the database failed: the transaction was rolled back")
+        except sqlite3.Error as exc:
+            group.failed = _failed(exc)
+        if group.due or group.failed is not None:
+            self._commit(group)
+        return settled
+
+    def _end_of_turn(self, group: WriteGroup) -> None:
+        if group.open:
+            group.due = True  # a writer suspended inside its block: it commits on leaving
+        elif not group.done:
+            self._commit(group)
+
+    def _commit(self, group: WriteGroup) -> None:
+        if self._group is group:
+            self._group = None
+        group.done = True
+        failure = group.failed
+        if failure is None:
+            try:
+                if not group.raw.in_transaction:
+                    raise StoreError("the database failed: the transaction was rolled back")
+                group.conn.commit()
+            except StoreError as exc:
+                failure = exc
+            except sa.exc.DBAPIError as exc:
+                failure = _failed(exc.orig)
+        if failure is not None:
+            with contextlib.suppress(sa.exc.DBAPIError):
+                group.conn.rollback()
+        elif self._checkpointer is not None:
+            self._writes += 1
+            if self._writes >= CHECKPOINT_EVERY_WRITES:
+                self._writes = 0
+                self._checkpointer.request()
+        self._release(group.conn)
+        for waiter in group.waiters:
+            if waiter.done():
+                continue  # its writer was cancelled meanwhile; the write stands
+            if failure is None:
+                waiter.set_result(None)
+            else:
+                waiter.set_exception(failure)
+        group.waiters.clear()
 
     def close(self) -> None:
         while self._idle:
