@@ -20,8 +20,14 @@ def test_cancel_in_progress_run_stops_it(
     while not fake_model.requests():
         time.sleep(0.02)
 
+    assert fake_model.state.in_flight.stats()["in_flight"] == 1
     cancelled = api.ok("POST", f"/v1/agent-runs/{run['id']}/cancel")
     assert cancelled["status"] == "cancelled" and cancelled["completed_at"]
+    # The worker hangs up on the model at once, not when the reply would have come (5 s).
+    deadline = time.monotonic() + 2
+    while fake_model.state.in_flight.stats()["in_flight"]:
+        assert time.monotonic() < deadline, "the cancelled run's model call is still open"
+        time.sleep(0.02)
 
     # The worker is free at once: a new run completes while the cancelled call would still wait.
     other = api.ok("POST", "/v1/agent-runs", json={"agent_id": agent["id"], "message": "quick"})

@@ -275,3 +275,42 @@ async def test_a_full_worker_takes_the_next_queued_run_as_soon_as_a_slot_frees(
         finally:
             worker.stop()
             await task
+
+
+async def test_a_cancelled_run_hangs_up_on_its_model_at_once(db: Database) -> None:
+    """Cancelling reaches the executing worker by notification, long before its heartbeat."""
+    from agentruns.engine.models.transport import ModelHTTPClient
+    from agentruns.testing import fake_openai
+    from agentruns.testing.server import start_in_thread
+
+    project = await make_project(db)
+    with start_in_thread(fake_openai.create_app()) as model:
+        model.script({"text": "too late", "first_token_delay_s": 10})
+        base_url = f"http://127.0.0.1:{model.port}/v1"
+        agent = await make_agent(
+            db, project, model="openai:m", model_settings={"base_url": base_url}
+        )
+        run = await make_run(db, project, agent["id"])
+        async with ModelHTTPClient() as http:
+            executor = Executor(db, http=http, default_model="test")
+            # The heartbeat, which would also notice the lost lease, is 10 s away.
+            worker = Worker(db, executor, concurrency=4, lease_s=30, poll_interval_s=60)
+            task = asyncio.create_task(worker.run())
+            try:
+
+                async def calling() -> bool:
+                    return model.state.in_flight.stats()["in_flight"] == 1
+
+                await _until(calling)
+                await runs.cancel_run(db, project, run["id"])
+                started = time.monotonic()
+
+                async def hung_up() -> bool:
+                    return model.state.in_flight.stats()["in_flight"] == 0
+
+                await _until(hung_up, timeout_s=2)
+                assert time.monotonic() - started < 1
+            finally:
+                worker.stop()
+                await task
+    assert (await runs.get_run(db, project, run["id"]))["status"] == "cancelled"
