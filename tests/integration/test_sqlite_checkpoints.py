@@ -7,8 +7,10 @@ import sqlite3
 import time
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 
+from agentruns.store import sqlite as sqlite_store
 from agentruns.store.database import Database
 from agentruns.store.sqlite import CHECKPOINT_EVERY_WRITES
 
@@ -56,3 +58,36 @@ def test_the_log_is_checkpointed_by_the_thread_and_emptied_at_close(tmp_path: Pa
     # Closing copies the rest and removes the log.
     assert rows_in_the_database_file(path) == ROWS
     assert not (tmp_path / "db.sqlite-wal").exists()
+
+
+def test_the_log_is_emptied_when_steady_writes_keep_it_from_starting_over(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Writes that never pause: PASSIVE checkpoints copy the log but never catch up with
+    # it, so without truncation it would only grow (30 MB here; 5.5 GB after 45,000 runs).
+    monkeypatch.setattr(sqlite_store, "WAL_TRUNCATE_FRAMES", 64)
+    path = tmp_path / "db.sqlite"
+    wal = tmp_path / "db.sqlite-wal"
+    sizes: list[int] = []
+
+    async def scenario() -> None:
+        db = Database(f"sqlite:///{path}")
+        try:
+            async with db.write() as tx:
+                await tx.conn.execute(
+                    sa.text("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)")
+                )
+            for _ in range(10):
+                await write_notes(db, ROWS)
+                sizes.append(wal.stat().st_size)
+                await asyncio.sleep(0)  # a turn of the loop, as a server gets: no pause
+            assert db._sqlite is not None and db._sqlite._checkpointer is not None
+            assert db._sqlite._checkpointer.truncations >= 1
+        finally:
+            await db.close()
+
+    asyncio.run(scenario())
+    # 6,000 transactions went through the log: it stays near 1 MB (without truncation it
+    # reaches 30 MB here).
+    assert max(sizes) < 4_000_000, sizes
+    assert rows_in_the_database_file(path) == 10 * ROWS

@@ -42,6 +42,10 @@ PRAGMAS = (
 # A checkpoint is asked for after this many write transactions, and made at least this often.
 CHECKPOINT_EVERY_WRITES = 200
 CHECKPOINT_EVERY_S = 1.0
+# Past this many frames (4 KB each) the log is emptied: see `Checkpointer`.
+WAL_TRUNCATE_FRAMES = 16_384
+# How long emptying the log waits for a moment when no transaction uses it.
+WAL_TRUNCATE_WAIT_MS = 2_000
 
 
 class LoopConnection:
@@ -98,7 +102,11 @@ class SQLiteConnections:
         self._idle: list[sa.Connection] = []
         path = self.engine.url.database
         in_memory = not path or path == ":memory:" or path.startswith("file::memory:")
-        self._checkpointer = Checkpointer(path) if path and not in_memory else None
+        self._checkpointer = (
+            Checkpointer(path, truncate_frames=WAL_TRUNCATE_FRAMES)
+            if path and not in_memory
+            else None
+        )
         self._writes = 0
         self._group: WriteGroup | None = None
 
@@ -150,6 +158,8 @@ class SQLiteConnections:
         """
         group = self._group
         if group is None:
+            if self._checkpointer is not None and self._checkpointer.quiet_wanted:
+                await self._checkpointer.quiet()
             conn = self._acquire()
             try:
                 await self._begin(conn, "BEGIN IMMEDIATE")
@@ -247,10 +257,21 @@ class Checkpointer:
     request of the process then waits out. Here the copy runs beside the loop (sqlite3
     releases the GIL while it works). PASSIVE never waits for a lock, so it never holds
     up a writer; whatever it could not copy it copies next time.
+
+    But copying is not emptying: the log starts over from its beginning only when a
+    writer finds every frame copied, which under steady writes never happens (new frames
+    arrive while the copy runs), so the log would grow without end (5.5 GB after 45,000
+    runs). Past `truncate_frames`, the checkpointer asks this process's writers to hold off
+    (`quiet_wanted`; a writer otherwise takes the lock again at once, and the checkpointer
+    would never get it), copies the rest and truncates the log: writers wait a few
+    milliseconds then.
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, truncate_frames: int = WAL_TRUNCATE_FRAMES) -> None:
         self.path = path
+        self.truncate_frames = truncate_frames
+        self.truncations = 0
+        self.quiet_wanted = False  # set by the thread, read by the event loop
         self._due = threading.Event()
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="sqlite-checkpoint", daemon=True)
@@ -258,6 +279,13 @@ class Checkpointer:
 
     def request(self) -> None:
         self._due.set()
+
+    async def quiet(self) -> None:
+        """Wait (on the loop) while the log is being emptied, at most its lock wait."""
+        deadline = asyncio.get_running_loop().time() + WAL_TRUNCATE_WAIT_MS / 1000
+        # Polled: the flag is the thread's, and this happens once per many megabytes of log.
+        while self.quiet_wanted and asyncio.get_running_loop().time() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.001)
 
     def stop(self) -> None:
         self._stopping = True
@@ -273,7 +301,16 @@ class Checkpointer:
                 try:
                     if conn is None:
                         conn = sqlite3.connect(self.path, isolation_level=None)
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                        conn.execute(f"PRAGMA busy_timeout={WAL_TRUNCATE_WAIT_MS}")
+                    _, frames, _ = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                    if frames >= self.truncate_frames:
+                        self.quiet_wanted = True
+                        try:
+                            checkpoint = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                            busy, _, _ = checkpoint.fetchone()
+                        finally:
+                            self.quiet_wanted = False
+                        self.truncations += not busy  # busy: the log stays, tried next time
                 except sqlite3.Error as exc:
                     log.warning("SQLite checkpoint failed (retried later): %s", exc)
         finally:
