@@ -85,6 +85,8 @@ def proc_rss_kb(pid: int) -> tuple[int, int]:
 
 
 def proc_cpu_s(pid: int) -> float:
+    """User and system CPU seconds of a process, from /proc: in clock ticks (10 ms), so
+    only meaningful over many runs."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 

@@ -37,7 +37,10 @@ def test_bench_script_completes_a_few_runs(tmp_path: Path) -> None:
     assert report["sqlite"]["memory"]["idle_rss_mb"] > 0
     assert report["sqlite"]["cold_start"]["first_run_ms"] > 0
     throughput = report["sqlite"]["throughput"]
-    assert all(throughput[f"{part}_cpu_ms_per_run"] > 0 for part in ("server", "client", "model"))
+    # Other processes' CPU is read from /proc in clock ticks (10 ms): over six runs the
+    # server's and the model's may round to zero. The client's own is exact.
+    assert throughput["client_cpu_ms_per_run"] > 0
+    assert all(throughput[f"{part}_cpu_ms_per_run"] >= 0 for part in ("server", "model"))
     rounds = [r["first_token"]["p50_ms"] for r in report["sqlite_rounds"]]
     assert len(rounds) == 2
     assert report["sqlite"]["first_token"]["p50_ms"] == round(sum(rounds) / 2, 2)
