@@ -23,6 +23,13 @@ def rows_in_the_database_file(path: Path) -> int:
         return conn.execute("SELECT count(*) FROM notes").fetchone()[0]
 
 
+async def notes_database(path: Path) -> Database:
+    db = Database(f"sqlite:///{path}")
+    async with db.write() as tx:
+        await tx.conn.execute(sa.text("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)"))
+    return db
+
+
 async def write_notes(db: Database, count: int) -> None:
     for i in range(count):
         async with db.write() as tx:
@@ -36,12 +43,8 @@ def test_the_log_is_checkpointed_by_the_thread_and_emptied_at_close(tmp_path: Pa
     checkpoints_in_commits: list[int] = []
 
     async def scenario() -> None:
-        db = Database(f"sqlite:///{path}")
+        db = await notes_database(path)
         try:
-            async with db.write() as tx:
-                await tx.conn.execute(
-                    sa.text("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)")
-                )
             await write_notes(db, ROWS)
             deadline = time.monotonic() + 10
             while rows_in_the_database_file(path) < ROWS - CHECKPOINT_EVERY_WRITES:
@@ -71,12 +74,8 @@ def test_the_log_is_emptied_when_steady_writes_keep_it_from_starting_over(
     sizes: list[int] = []
 
     async def scenario() -> None:
-        db = Database(f"sqlite:///{path}")
+        db = await notes_database(path)
         try:
-            async with db.write() as tx:
-                await tx.conn.execute(
-                    sa.text("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)")
-                )
             for _ in range(10):
                 await write_notes(db, ROWS)
                 sizes.append(wal.stat().st_size)

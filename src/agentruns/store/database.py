@@ -279,13 +279,15 @@ class Database:
                     yield tx
                 except Exception as exc:
                     failed: Exception | None = exc
-                    settled = self._sqlite.undo_write(group)
+                    settled = self._sqlite.end_write(group, keep=False)
                 except BaseException:
-                    self._sqlite.undo_write(group).cancel()  # cancelled: it waits for nothing
+                    self._sqlite.end_write(
+                        group, keep=False
+                    ).cancel()  # cancelled: it waits for nothing
                     raise
                 else:
                     failed = None
-                    settled = self._sqlite.end_write(group)
+                    settled = self._sqlite.end_write(group, keep=True)
             if failed is not None:
                 # A writer that failed (say, on a row a writer of its group inserted) also
                 # waits for the group's commit: what it reads next then shows that row.

@@ -65,7 +65,7 @@ class LoopConnection:
 class WriteGroup:
     """One write transaction, shared by the writers of one turn of the event loop."""
 
-    __slots__ = ("conn", "done", "due", "failed", "loop_conn", "open", "raw", "waiters")
+    __slots__ = ("conn", "due", "failed", "loop_conn", "open", "raw", "waiters")
 
     def __init__(self, conn: sa.Connection) -> None:
         self.conn = conn
@@ -74,7 +74,6 @@ class WriteGroup:
         self.waiters: list[asyncio.Future[None]] = []
         self.open = False  # a writer is inside its savepoint
         self.due = False  # the turn ended while a writer was inside
-        self.done = False
         self.failed: StoreError | None = None
 
 
@@ -153,7 +152,7 @@ class SQLiteConnections:
     async def begin_write(self) -> WriteGroup:
         """Join this turn's write transaction, or begin it; inside a savepoint of its own.
 
-        The caller holds the process's write lock until `end_write` or `undo_write`, so
+        The caller holds the process's write lock until `end_write`, so
         savepoints never nest.
         """
         group = self._group
@@ -172,26 +171,16 @@ class SQLiteConnections:
         group.open = True
         return group
 
-    def end_write(self, group: WriteGroup) -> asyncio.Future[None]:
-        """Keep the writer's statements; done when they are committed, with the group's."""
-        group.open = False
-        committed = asyncio.get_running_loop().create_future()
-        group.waiters.append(committed)
-        try:
-            group.raw.execute("RELEASE writer")
-        except sqlite3.Error as exc:
-            group.failed = _failed(exc)
-        if group.due or group.failed is not None:
-            self._commit(group)
-        return committed
-
-    def undo_write(self, group: WriteGroup) -> asyncio.Future[None]:
-        """Undo the writer's statements only (it raised); done when the group has ended."""
+    def end_write(self, group: WriteGroup, *, keep: bool) -> asyncio.Future[None]:
+        """Keep the writer's statements, or undo only them (it raised); done when the group
+        has committed (or failed)."""
         group.open = False
         settled = asyncio.get_running_loop().create_future()
         group.waiters.append(settled)
         try:
-            if group.raw.in_transaction:
+            if keep:
+                group.raw.execute("RELEASE writer")
+            elif group.raw.in_transaction:
                 group.raw.execute("ROLLBACK TO writer")
                 group.raw.execute("RELEASE writer")
             else:
@@ -206,13 +195,11 @@ class SQLiteConnections:
     def _end_of_turn(self, group: WriteGroup) -> None:
         if group.open:
             group.due = True  # a writer suspended inside its block: it commits on leaving
-        elif not group.done:
+        elif self._group is group:  # not committed yet
             self._commit(group)
 
     def _commit(self, group: WriteGroup) -> None:
-        if self._group is group:
-            self._group = None
-        group.done = True
+        self._group = None  # a group is current until it commits
         failure = group.failed
         if failure is None:
             try:
