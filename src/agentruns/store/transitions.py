@@ -86,7 +86,7 @@ def _returning(full_row: bool, notify: bool) -> tuple[Any, ...]:
 
 
 @functools.lru_cache(maxsize=128)
-def _update_statement(
+def update_statement(
     columns: tuple[str, ...], match: tuple[str, ...], full_row: bool, notify: bool
 ) -> Any:
     """The UPDATE setting `columns` where the run's `match` columns equal given values.
@@ -146,7 +146,7 @@ async def update_run(
         )
         row = (await tx.conn.execute(statement, notify_params)).first()
     else:
-        statement = _update_statement(tuple(values), tuple(match), needs_row, notify)
+        statement = update_statement(tuple(values), tuple(match), needs_row, notify)
         params = {f"set_{k}": v for k, v in values.items()}
         params.update({f"match_{k}": v for k, v in match.items()})
         params.update(match_id=run_id, set_updated_at=now(), added_events=len(events))

@@ -1,0 +1,139 @@
+"""A worker's step write on SQLite and PostgreSQL: the run, its events and its messages
+change together or not at all; on PostgreSQL it is one statement, with its notification."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from agentruns.errors import LeaseLost
+from agentruns.store import events, messages, queue, runs
+from agentruns.store.database import Database
+from agentruns.store.execution import commit_step
+from agentruns.store.notify import RunEvent
+from integration.store_helpers import make_agent, make_project, make_run
+
+CALL = {"id": "call_1", "name": "get_current_time", "arguments": "{}"}
+REPLY = {"role": "assistant", "content": None, "tool_calls": [CALL]}
+
+
+async def _claimed_run(db: Database) -> tuple[str, dict[str, Any], queue.Lease]:
+    project = await make_project(db)
+    agent = await make_agent(db, project)
+    run = await make_run(db, project, agent["id"], "what time is it?")
+    claimed = await queue.claim_next_run(db, "w1", 30)
+    assert claimed is not None
+    return project, run, claimed[0]
+
+
+async def test_steps_append_numbered_events_and_positioned_messages(db: Database) -> None:
+    project, run, lease = await _claimed_run(db)
+    before = await events.list_events(db, run["id"])
+    await commit_step(
+        db,
+        lease,
+        values={"results": [{"type": "tool_call", **CALL}], "usage": {"requests": 1}},
+        events=[
+            ("message.delta", {"delta": "a\x00b"}),
+            ("message.completed", REPLY),
+            ("tool_call.started", CALL),
+        ],
+        messages=[REPLY],
+        position=1,
+    )
+    tool_message = {"role": "tool", "tool_call_id": "call_1", "content": "12:00"}
+    await commit_step(
+        db,
+        lease,
+        values={"results": [{"type": "tool_output", "output": "12:00"}]},
+        events=[("tool_call.completed", {**CALL, "output": "12:00"})],
+        messages=[tool_message],
+        position=2,
+    )
+    log = await events.list_events(db, run["id"])
+    assert [e.seq for e in log] == list(range(1, len(log) + 1))
+    assert [e.type for e in log[len(before) :]] == [
+        "message.delta",
+        "message.completed",
+        "tool_call.started",
+        "tool_call.completed",
+    ]
+    # U+0000 cannot be stored on PostgreSQL: replaced the same way on both databases.
+    assert log[len(before)].data == {"delta": "a\ufffdb"}
+    assert log[len(before) + 1].data == REPLY
+    assert await messages.load_messages(db, run["id"]) == [
+        {"role": "user", "content": "what time is it?"},
+        REPLY,
+        tool_message,
+    ]
+    stored = await runs.get_run(db, project, run["id"])
+    assert stored["results"] == [{"type": "tool_output", "output": "12:00"}]
+    assert stored["usage"] == {"requests": 1}
+    assert stored["status"] == "in_progress"
+    # The run's event counter moved with the events: the next write numbers on from there.
+    await runs.cancel_run(db, project, run["id"])
+    log = await events.list_events(db, run["id"])
+    assert [e.seq for e in log] == list(range(1, len(log) + 1))
+    assert log[-1].type == "run.cancelled"
+
+
+async def test_a_fenced_out_step_writes_nothing(db: Database) -> None:
+    project, run, lease = await _claimed_run(db)
+    await runs.cancel_run(db, project, run["id"])
+    log = await events.list_events(db, run["id"])
+    with pytest.raises(LeaseLost):
+        await commit_step(
+            db,
+            lease,
+            values={"results": [{"type": "message", "content": "late"}]},
+            events=[("message.completed", {"role": "assistant", "content": "late"})],
+            messages=[{"role": "assistant", "content": "late"}],
+            position=1,
+        )
+    assert await events.list_events(db, run["id"]) == log
+    assert await messages.load_messages(db, run["id"]) == [
+        {"role": "user", "content": "what time is it?"}
+    ]
+    assert (await runs.get_run(db, project, run["id"]))["results"] == []
+
+
+async def test_a_step_on_postgres_is_one_statement_heard_by_other_processes(
+    postgres_url: str,
+) -> None:
+    db, other = Database(postgres_url), Database(postgres_url)
+    await other.start()
+    try:
+        assert other._listener is not None
+        await asyncio.wait_for(other._listener.connected.wait(), 10)
+        _project, run, lease = await _claimed_run(db)
+        assert db.engine is not None
+        sent: list[str] = []
+        sa.event.listen(
+            db.engine.sync_engine,
+            "before_cursor_execute",
+            lambda _conn, _cursor, statement, *_: sent.append(statement),
+        )
+        with other.notifier.watch_run(run["id"]) as watch:
+            await commit_step(
+                db,
+                lease,
+                values={"turn_steps": 1},
+                events=[("message.delta", {"delta": "hi"}), ("message.completed", REPLY)],
+                messages=[REPLY],
+                position=1,
+            )
+            await asyncio.wait_for(watch.woken.wait(), 5)
+        assert len(sent) == 1 and sent[0].startswith("WITH updated AS")
+        # Another process is woken; it reads the events from the table.
+        assert watch.take() == []
+        log = await events.list_events(other, run["id"])
+        assert log[-2:] == [
+            RunEvent(log[-2].seq, "message.delta", {"delta": "hi"}),
+            RunEvent(log[-2].seq + 1, "message.completed", REPLY),
+        ]
+    finally:
+        await db.close()
+        await other.close()
