@@ -13,7 +13,7 @@ from agentruns.errors import LeaseLost
 from agentruns.store import events, messages, queue, runs
 from agentruns.store.database import Database
 from agentruns.store.execution import commit_step
-from agentruns.store.notify import RunEvent
+from agentruns.store.notify import RunEvent, RunWatch
 from integration.store_helpers import make_agent, make_project, make_run
 
 CALL = {"id": "call_1", "name": "get_current_time", "arguments": "{}"}
@@ -27,6 +27,16 @@ async def _claimed_run(db: Database) -> tuple[str, dict[str, Any], queue.Lease]:
     claimed = await queue.claim_next_run(db, "w1", 30)
     assert claimed is not None
     return project, run, claimed[0]
+
+
+async def _pushed_until(watch: RunWatch, seq: int) -> list[RunEvent]:
+    """The events pushed to `watch` up to event `seq`, waiting at most 5 s for them."""
+    pushed: list[RunEvent] = []
+    async with asyncio.timeout(5):
+        while not pushed or pushed[-1].seq < seq:
+            await watch.woken.wait()
+            pushed.extend(watch.take())
+    return pushed
 
 
 async def test_steps_append_numbered_events_and_positioned_messages(db: Database) -> None:
@@ -108,7 +118,7 @@ async def test_a_step_on_postgres_is_one_statement_heard_by_other_processes(
     try:
         assert other._listener is not None
         await asyncio.wait_for(other._listener.connected.wait(), 10)
-        _project, run, lease = await _claimed_run(db)
+        project, run, lease = await _claimed_run(db)
         assert db.engine is not None
         sent: list[str] = []
         sa.event.listen(
@@ -125,15 +135,37 @@ async def test_a_step_on_postgres_is_one_statement_heard_by_other_processes(
                 messages=[REPLY],
                 position=1,
             )
-            await asyncio.wait_for(watch.woken.wait(), 5)
+            log = await events.list_events(other, run["id"])
+            # Another process is woken with the events themselves, as they were stored
+            # (after the claim's, which may arrive just before).
+            assert (await _pushed_until(watch, log[-1].seq))[-2:] == log[-2:]
         assert len(sent) == 1 and sent[0].startswith("WITH updated AS")
-        # Another process is woken; it reads the events from the table.
-        assert watch.take() == []
-        log = await events.list_events(other, run["id"])
         assert log[-2:] == [
             RunEvent(log[-2].seq, "message.delta", {"delta": "hi"}),
             RunEvent(log[-2].seq + 1, "message.completed", REPLY),
         ]
+
+        # Events too large for a notification wake the reader without them: it reads.
+        big = {"delta": "x" * 8_000}
+        with other.notifier.watch_run(run["id"]) as watch:
+            await commit_step(db, lease, events=[("message.delta", big)])
+            await asyncio.wait_for(watch.woken.wait(), 5)
+        assert watch.take() == []
+        assert (await events.list_events(other, run["id"]))[-1].data == big
+
+        # A status change carries the run object in its events; they ride along too.
+        with other.notifier.watch_run(run["id"]) as watch:
+            await commit_step(
+                db,
+                lease,
+                values={"status": "completed", "lease_token": None, "last_agent_message": "12"},
+                events=["run.status", "run.completed"],
+            )
+            log = await events.list_events(other, run["id"])
+            pushed = await _pushed_until(watch, log[-1].seq)
+        assert pushed == log[-2:]
+        assert [e.type for e in pushed] == ["run.status", "run.completed"]
+        assert pushed[-1].data == await runs.get_run(other, project, run["id"])
     finally:
         await db.close()
         await other.close()

@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
 from agentruns.store.clock import now
-from agentruns.store.database import Database, Tx
-from agentruns.store.notify import RunEvent
-from agentruns.store.tables import run_events, runs
+from agentruns.store.database import Database, Tx, dumps_json, notify_column
+from agentruns.store.notify import EVENTS_CHANNEL, RunEvent, events_payload
+from agentruns.store.tables import Time, run_events, runs
 
 TERMINAL_EVENTS = frozenset({"run.completed", "run.failed", "run.cancelled"})
 
@@ -38,6 +39,37 @@ _STATUS_AND_AFTER = (
 _PROJECT_STATUS_AND_AFTER = _STATUS_AND_AFTER.where(runs.c.project_id == sa.bindparam("project_id"))
 
 
+def _insert_and_notify() -> sa.Select[Any]:
+    """PostgreSQL: insert the events and send their notification, in one statement.
+
+    The events arrive as arrays (types, and each one's data as JSON text), and the
+    notification carries them too (see `notify.py`): other processes' readers then send
+    them without reading them back.
+    """
+    new = (
+        sa.func.unnest(
+            sa.bindparam("types", type_=ARRAY(sa.Text)), sa.bindparam("data", type_=ARRAY(sa.Text))
+        )
+        .table_valued("type", "data", with_ordinality="n")
+        .render_derived()
+    )
+    insert = run_events.insert().from_select(
+        ["run_id", "seq", "type", "data", "created_at"],
+        sa.select(
+            sa.bindparam("run_id", type_=sa.String),
+            sa.bindparam("first_seq", type_=sa.Integer) + new.c.n - 1,
+            new.c.type,
+            sa.cast(new.c.data, JSONB),
+            sa.bindparam("inserted_at", type_=Time),
+        ).select_from(new),
+    )
+    payload = sa.bindparam("payload", type_=sa.Text)
+    return sa.select(notify_column(EVENTS_CHANNEL, payload)).add_cte(insert.cte("inserted"))
+
+
+_INSERT_AND_NOTIFY = _insert_and_notify()
+
+
 async def insert_events(
     tx: Tx,
     run_id: str,
@@ -51,13 +83,35 @@ async def insert_events(
     if not events:
         return
     ts = now()
-    await tx.conn.execute(
-        _INSERT,
-        [
-            {"run_id": run_id, "seq": first_seq + i, "type": kind, "data": data, "created_at": ts}
-            for i, (kind, data) in enumerate(events)
-        ],
-    )
+    if tx.is_postgres and not notified:
+        encoded = [(kind, dumps_json(data)) for kind, data in events]
+        payload = f"{run_id}:{events[-1][0]}:{first_seq}:{events_payload(encoded)}"
+        await tx.conn.execute(
+            _INSERT_AND_NOTIFY,
+            {
+                "types": [kind for kind, _ in encoded],
+                "data": [data for _, data in encoded],
+                "run_id": run_id,
+                "first_seq": first_seq,
+                "inserted_at": ts,
+                "payload": payload,
+            },
+        )
+        notified = True
+    else:
+        await tx.conn.execute(
+            _INSERT,
+            [
+                {
+                    "run_id": run_id,
+                    "seq": first_seq + i,
+                    "type": kind,
+                    "data": data,
+                    "created_at": ts,
+                }
+                for i, (kind, data) in enumerate(events)
+            ],
+        )
     # Readers in this process take the committed events from the notification itself.
     committed = [RunEvent(first_seq + i, kind, data) for i, (kind, data) in enumerate(events)]
     await tx.announce_event(run_id, events[-1][0], committed, notified=notified)

@@ -18,7 +18,7 @@ from agentruns.errors import LeaseLost
 from agentruns.store.clock import now
 from agentruns.store.database import Database, dumps_json, notify_column, without_nul
 from agentruns.store.messages import MESSAGE_FORMAT_VERSION, append_messages
-from agentruns.store.notify import EVENTS_CHANNEL, RunEvent
+from agentruns.store.notify import EVENTS_CHANNEL, RunEvent, events_payload
 from agentruns.store.queue import Lease
 from agentruns.store.tables import Time, run_events, run_messages
 from agentruns.store.transitions import EventSpec, update_run, update_statement
@@ -71,7 +71,7 @@ def _step_statement(columns: tuple[str, ...], notify: bool) -> sa.Select[Any]:
     is written and no row comes back. Events are numbered from the `event_seq` the UPDATE
     reserved; both arrive as arrays (type and JSON text per event, JSON text per message).
     """
-    updated = update_statement(columns, _FENCE, full_row=False, notify=False).cte("updated")
+    updated = update_statement(columns, _FENCE, full_row=False).cte("updated")
     created_at = sa.bindparam("inserted_at", type_=Time)
     new_events = (
         sa.func.unnest(
@@ -108,7 +108,17 @@ def _step_statement(columns: tuple[str, ...], notify: bool) -> sa.Select[Any]:
     )
     columns_out: list[Any] = [updated.c.id, updated.c.event_seq]
     if notify:
-        payload = updated.c.id + ":" + sa.bindparam("notify_type", type_=sa.Text)
+        # The events ride along (see `notify.py`): other processes' readers need no read.
+        first_seq = updated.c.event_seq - sa.bindparam("added_events") + 1
+        payload = (
+            updated.c.id
+            + ":"
+            + sa.bindparam("notify_type", type_=sa.Text)
+            + ":"
+            + sa.cast(first_seq, sa.Text)
+            + ":"
+            + sa.bindparam("notify_events", type_=sa.Text)
+        )
         columns_out.append(notify_column(EVENTS_CHANNEL, payload))
     return sa.select(*columns_out).add_cte(
         insert_events.cte("inserted_events"), insert_messages.cte("inserted_messages")
@@ -124,6 +134,7 @@ async def _commit_step_in_one_statement(
     position: int,
 ) -> None:
     rendered = [spec for spec in events if not isinstance(spec, str)]
+    encoded = [(kind, dumps_json(data)) for kind, data in rendered]
     params: dict[str, Any] = {
         f"set_{k}": without_nul(v) if isinstance(v, str) else v for k, v in values.items()
     }
@@ -135,12 +146,12 @@ async def _commit_step_in_one_statement(
         added_events=len(rendered),
         inserted_at=now(),
         event_types=[kind for kind, _ in rendered],
-        event_data=[dumps_json(data) for _, data in rendered],
+        event_data=[data for _, data in encoded],
         messages=[dumps_json(message) for message in messages],
         first_position=position,
     )
     if rendered:
-        params["notify_type"] = rendered[-1][0]
+        params.update(notify_type=rendered[-1][0], notify_events=events_payload(encoded))
     statement = _step_statement(tuple(values), bool(rendered))
     async with db.write(one_statement=True) as tx:
         row = (await tx.conn.execute(statement, params)).first()

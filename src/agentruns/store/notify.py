@@ -1,11 +1,16 @@
 """Wake-ups after commit: which run got which new event, and when the queue has work.
 
-Notifications are hints, never the source of truth: readers always re-read
-the tables, and everything that waits on a notification also polls. In one
-process a `Notifier` wakes waiters directly; on PostgreSQL the writer also
-issues `NOTIFY` in its transaction (delivered only on commit) and a
+Notifications are hints, never the source of truth: a reader takes the events
+they carry only when they follow on from what it has sent without a gap, and
+re-reads the tables otherwise; everything that waits on a notification also
+polls. In one process a `Notifier` wakes waiters directly; on PostgreSQL the
+writer also issues `NOTIFY` in its transaction (delivered only on commit) and a
 `PostgresListener` relays other processes' notifications into the local
 `Notifier`.
+
+An events notification's payload is `<run id>:<event type>`, the type of the last
+event committed, optionally followed by `:<seq of the first>:<JSON [[type, data], ...]>`
+when the writer could include the events themselves (`events_payload`).
 """
 
 from __future__ import annotations
@@ -18,10 +23,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 log = logging.getLogger(__name__)
 
 EVENTS_CHANNEL = "agentruns_events"
 QUEUE_CHANNEL = "agentruns_queue"
+# PostgreSQL refuses a payload of 8,000 bytes or more; the run id and numbers need the rest.
+MAX_PAYLOAD_EVENTS_BYTES = 7_500
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +38,33 @@ class RunEvent:
     seq: int
     type: str
     data: dict[str, Any]
+
+
+def events_payload(events: list[tuple[str, str]]) -> str:
+    """The events part of a notification: JSON `[[type, data], ...]` from each event's type
+    and its data already encoded as JSON; empty if too large to send."""
+    body = "[" + ",".join(f'["{kind}",{data}]' for kind, data in events) + "]"
+    return body if len(body.encode()) <= MAX_PAYLOAD_EVENTS_BYTES else ""
+
+
+def parse_events_payload(payload: str) -> tuple[str, str, list[RunEvent] | None]:
+    """(run id, event type, the events if the payload carries them) of a notification."""
+    run_id, _, rest = payload.partition(":")
+    event_type, _, rest = rest.partition(":")
+    first, _, body = rest.partition(":")
+    if not body:
+        return run_id, event_type, None
+    try:
+        start, decoded = int(first), orjson.loads(body)
+        events = [RunEvent(start + i, kind, data) for i, (kind, data) in enumerate(decoded)]
+        if not isinstance(decoded, list) or not all(
+            isinstance(e.type, str) and isinstance(e.data, dict) for e in events
+        ):
+            raise ValueError(body)
+    except (ValueError, TypeError):
+        log.warning("ignored the events of a malformed notification for run %s", run_id)
+        return run_id, event_type, None
+    return run_id, event_type, events or None
 
 
 class RunWatch:
@@ -72,6 +108,9 @@ class Notifier:
         if event_type == "run.cancelled":
             for on_cancelled in list(self._cancel_callbacks):
                 on_cancelled(run_id)
+
+    def is_watched(self, run_id: str) -> bool:
+        return run_id in self._run_waiters
 
     def queue_changed(self) -> None:
         for waiter in self._queue_waiters:
@@ -169,8 +208,13 @@ class PostgresListener:
         if channel == QUEUE_CHANNEL:
             self._notifier.queue_changed()
         else:
-            run_id, _, event_type = payload.partition(":")
-            self._notifier.run_changed(run_id, event_type)
+            run_id, _, rest = payload.partition(":")
+            if self._notifier.is_watched(run_id):
+                # Someone here follows the run: the events, when the payload has them,
+                # spare each of its readers a read of the table.
+                self._notifier.run_changed(*parse_events_payload(payload))
+            else:
+                self._notifier.run_changed(run_id, rest.partition(":")[0])
 
     async def _listen(self) -> None:
         backoff = 0.1

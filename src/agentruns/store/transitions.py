@@ -13,9 +13,8 @@ from typing import Any
 import sqlalchemy as sa
 
 from agentruns.store.clock import iso, now
-from agentruns.store.database import Tx, notify_column, without_nul
+from agentruns.store.database import Tx, without_nul
 from agentruns.store.events import insert_events
-from agentruns.store.notify import EVENTS_CHANNEL
 from agentruns.store.tables import runs
 from agentruns.store.webhooks import enqueue_delivery
 
@@ -63,10 +62,6 @@ def render_run(row: Any) -> dict[str, Any]:
     }
 
 
-def _event_type(spec: EventSpec) -> str:
-    return spec if isinstance(spec, str) else spec[0]
-
-
 def status_events(status: str) -> list[EventSpec]:
     """`run.status`, plus the terminal event when the status is terminal."""
     events: list[EventSpec] = ["run.status"]
@@ -75,20 +70,13 @@ def status_events(status: str) -> list[EventSpec]:
     return events
 
 
-def _returning(full_row: bool, notify: bool) -> tuple[Any, ...]:
-    """What an update sends back; with `notify`, the PostgreSQL notification for its events
-    (payload `<run id>:<type of the last event>`, the type bound as `notify_type`)."""
-    columns: tuple[Any, ...] = (runs,) if full_row else (runs.c.id, runs.c.event_seq)
-    if notify:
-        payload = runs.c.id + ":" + sa.bindparam("notify_type", type_=sa.Text)
-        columns += (notify_column(EVENTS_CHANNEL, payload),)
-    return columns
+def _returning(full_row: bool) -> tuple[Any, ...]:
+    """What an update sends back: the whole row, or only what numbering events needs."""
+    return (runs,) if full_row else (runs.c.id, runs.c.event_seq)
 
 
 @functools.lru_cache(maxsize=128)
-def update_statement(
-    columns: tuple[str, ...], match: tuple[str, ...], full_row: bool, notify: bool
-) -> Any:
+def update_statement(columns: tuple[str, ...], match: tuple[str, ...], full_row: bool) -> Any:
     """The UPDATE setting `columns` where the run's `match` columns equal given values.
 
     Built once per shape: constructing and cache-keying a statement costs SQLAlchemy
@@ -107,7 +95,7 @@ def update_statement(
                 "event_seq": runs.c.event_seq + sa.bindparam("added_events"),
             }
         )
-        .returning(*_returning(full_row, notify))
+        .returning(*_returning(full_row))
     )
 
 
@@ -132,9 +120,6 @@ async def update_run(
     match = match or {}
     # A token flush needs only its event numbers: skip sending back the growing results.
     needs_row = bool(values) or any(isinstance(spec, str) for spec in events)
-    # Other processes hear of the events from the UPDATE itself (no NOTIFY of its own).
-    notify = tx.is_postgres and bool(events)
-    notify_params = {"notify_type": _event_type(events[-1])} if notify else {}
     # `col = :value` never matches a NULL; the statement built per call says IS NULL.
     plain = not any(v is None for v in match.values())
     if where or not plain or any(isinstance(v, sa.ClauseElement) for v in values.values()):
@@ -142,15 +127,15 @@ async def update_run(
             runs.update()
             .where(runs.c.id == run_id, *(runs.c[k] == v for k, v in match.items()), *where)
             .values(**values, updated_at=now(), event_seq=runs.c.event_seq + len(events))
-            .returning(*_returning(needs_row, notify))
+            .returning(*_returning(needs_row))
         )
-        row = (await tx.conn.execute(statement, notify_params)).first()
+        row = (await tx.conn.execute(statement)).first()
     else:
-        statement = update_statement(tuple(values), tuple(match), needs_row, notify)
+        statement = update_statement(tuple(values), tuple(match), needs_row)
         params = {f"set_{k}": v for k, v in values.items()}
         params.update({f"match_{k}": v for k, v in match.items()})
         params.update(match_id=run_id, set_updated_at=now(), added_events=len(events))
-        row = (await tx.conn.execute(statement, {**params, **notify_params})).first()
+        row = (await tx.conn.execute(statement, params)).first()
     if row is None:
         return None
     run_object: dict[str, Any] | None = None
@@ -168,7 +153,8 @@ async def update_run(
             rendered.append((spec, run_object))
         else:
             rendered.append(spec)
-    await insert_events(tx, run_id, row.event_seq - len(events) + 1, rendered, notified=notify)
+    # On PostgreSQL the events' notification goes with them (see `insert_events`).
+    await insert_events(tx, run_id, row.event_seq - len(events) + 1, rendered)
     if values.get("status") == "queued":
         await tx.announce_queued()
     return row

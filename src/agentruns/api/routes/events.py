@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import re
 from collections.abc import AsyncGenerator, AsyncIterator
+from operator import attrgetter
 
 import orjson
 from fastapi import APIRouter, Depends, Header, Query, Request
@@ -45,13 +45,20 @@ def format_event(event: RunEvent) -> bytes:
 
 
 def _contiguous(pushed: list[RunEvent], after: int) -> list[RunEvent] | None:
-    """The pushed events that follow `after` without a gap, or None if they can't be trusted."""
-    fresh = [event for event in pushed if event.seq > after]
-    if not fresh or fresh[0].seq != after + 1:
-        return None
-    if any(b.seq != a.seq + 1 for a, b in itertools.pairwise(fresh)):
-        return None
-    return fresh
+    """The pushed events that follow `after` without a gap, or None if they can't be trusted.
+
+    The same events may be pushed twice (on PostgreSQL a process hears its own writes
+    both directly and from the database), and in either order.
+    """
+    fresh = []
+    for event in sorted(pushed, key=attrgetter("seq")):
+        if event.seq <= after:
+            continue  # sent already, or pushed twice
+        if event.seq != after + 1:
+            return None
+        fresh.append(event)
+        after = event.seq
+    return fresh or None
 
 
 async def event_stream(
