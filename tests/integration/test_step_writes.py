@@ -1,5 +1,8 @@
-"""A worker's step write on SQLite and PostgreSQL: the run, its events and its messages
-change together or not at all; on PostgreSQL it is one statement, with its notification."""
+"""A run's most frequent writes on SQLite and PostgreSQL: creating it, and a worker's steps.
+
+The run, its events and its messages change together or not at all; on PostgreSQL each of
+these writes is one statement, whose notification carries its events to other processes.
+"""
 
 from __future__ import annotations
 
@@ -166,6 +169,43 @@ async def test_a_step_on_postgres_is_one_statement_heard_by_other_processes(
         assert pushed == log[-2:]
         assert [e.type for e in pushed] == ["run.status", "run.completed"]
         assert pushed[-1].data == await runs.get_run(other, project, run["id"])
+    finally:
+        await db.close()
+        await other.close()
+
+
+async def test_creating_a_run_on_postgres_is_one_statement_that_reads_back_the_same(
+    postgres_url: str,
+) -> None:
+    db, other = Database(postgres_url), Database(postgres_url)
+    await other.start()
+    try:
+        assert other._listener is not None
+        await asyncio.wait_for(other._listener.connected.wait(), 10)
+        project = await make_project(db)
+        agent = await make_agent(db, project)
+        assert db.engine is not None
+        sent: list[str] = []
+        sa.event.listen(
+            db.engine.sync_engine,
+            "before_cursor_execute",
+            lambda _conn, _cursor, statement, *_: sent.append(statement),
+        )
+        with other.notifier.watch_queue() as queued:
+            queued.clear()
+            run = await make_run(
+                db, project, agent["id"], "hello\x00", vars={"a": [1, 2]}, metadata={"k": "v"}
+            )
+            await asyncio.wait_for(queued.wait(), 5)
+        assert len(sent) == 1 and sent[0].startswith("WITH created AS")
+        assert run == await runs.get_run(other, project, run["id"])
+        assert run["status"] == "queued" and run["vars"] == {"a": [1, 2]}
+        assert await events.list_events(other, run["id"]) == [RunEvent(1, "run.status", run)]
+        assert await messages.load_messages(other, run["id"]) == [
+            {"role": "user", "content": "hello\ufffd"}
+        ]
+        claimed = await queue.claim_next_run(other, "w1", 30)
+        assert claimed is not None and claimed[0].run_id == run["id"]
     finally:
         await db.close()
         await other.close()

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from agentruns.store.clock import new_id, now
-from agentruns.store.database import Database, notify_column
+from agentruns.store.database import Database, dumps_json, notify_column
 from agentruns.store.events import insert_events
-from agentruns.store.messages import append_messages, next_position
-from agentruns.store.notify import EVENTS_CHANNEL, QUEUE_CHANNEL
+from agentruns.store.messages import MESSAGE_FORMAT_VERSION, append_messages, next_position
+from agentruns.store.notify import EVENTS_CHANNEL, QUEUE_CHANNEL, RunEvent, events_payload
 from agentruns.store.pagination import page
-from agentruns.store.tables import idempotency_keys, runs
+from agentruns.store.tables import idempotency_keys, run_events, run_messages, runs
 from agentruns.store.transitions import TERMINAL_STATUSES, render_run, status_events, update_run
 
 IDEMPOTENCY_WINDOW_S = 24 * 3600
@@ -98,9 +100,113 @@ async def find_replayed_run(
     return None if row is None else render_run(row)
 
 
+def _new_row(new: NewRun, run_id: str, ts: float) -> dict[str, Any]:
+    """The columns of a new run's row."""
+    return {
+        "id": run_id,
+        "project_id": new.project_id,
+        "agent_id": new.agent_id,
+        "agent_version": new.agent_version,
+        "status": "queued",
+        "vars": new.vars,
+        "results": new.results,
+        "pending_tool_calls": [],
+        "callback_url": new.callback_url,
+        "bundle": new.bundle,
+        "environment": new.environment,
+        "usage": {"requests": 0, "input_tokens": 0, "output_tokens": 0},
+        "metadata": new.metadata,
+        "timeout_s": new.timeout_s,
+        "tool_response_timeout_s": new.tool_response_timeout_s,
+        "created_at": ts,
+        "updated_at": ts,
+        "queued_at": ts,
+        "event_seq": 1,
+    }
+
+
+# The columns a new run's row leaves at their defaults, as a fresh row has them.
+_UNSET = {"last_agent_message": None, "error": None, "started_at": None, "completed_at": None}
+
+
+def _create_statement() -> sa.Select[Any]:
+    """PostgreSQL: insert a run, its messages and its first event, and tell other processes
+    of the event and of the queue, in one statement (data-modifying CTEs).
+
+    The run object (the event's data) is rendered beforehand from the values inserted.
+    """
+    columns = _new_row(NewRun("", "", 0, [], [], 0.0), "", 0.0)
+    created = (
+        runs.insert()
+        .values({name: sa.bindparam(name, type_=runs.c[name].type) for name in columns})
+        .returning(runs.c.id)
+        .cte("created")
+    )
+    new_messages = (
+        sa.func.unnest(sa.bindparam("messages", type_=ARRAY(sa.Text)))
+        .table_valued("message", with_ordinality="n")
+        .render_derived()
+    )
+    insert_messages = run_messages.insert().from_select(
+        ["run_id", "position", "format_version", "message", "created_at"],
+        sa.select(
+            created.c.id,
+            new_messages.c.n - 1,
+            sa.literal(MESSAGE_FORMAT_VERSION, sa.Integer),
+            sa.cast(new_messages.c.message, JSONB),
+            sa.bindparam("created_at"),
+        ).join_from(created, new_messages, sa.true()),
+    )
+    insert_event = run_events.insert().from_select(
+        ["run_id", "seq", "type", "data", "created_at"],
+        sa.select(
+            created.c.id,
+            sa.literal(1, sa.Integer),
+            sa.literal("run.status", sa.Text),
+            sa.cast(sa.bindparam("run_object", type_=sa.Text), JSONB),
+            sa.bindparam("created_at"),
+        ).select_from(created),
+    )
+    return (
+        sa.select(
+            notify_column(EVENTS_CHANNEL, sa.bindparam("notify_payload", type_=sa.Text)),
+            notify_column(QUEUE_CHANNEL, sa.literal("", sa.Text)),
+        )
+        .select_from(created)
+        .add_cte(insert_messages.cte("inserted_messages"), insert_event.cte("inserted_event"))
+    )
+
+
+_CREATE = _create_statement()
+
+
+async def _create_run_in_one_statement(db: Database, new: NewRun) -> dict[str, Any]:
+    """A run without an idempotency key on PostgreSQL: one round trip, no BEGIN or COMMIT."""
+    ts = now()
+    values = _new_row(new, new_id(), ts)
+    run = render_run(SimpleNamespace(**values, **_UNSET))
+    encoded = dumps_json(run)
+    params = {
+        **values,
+        "messages": [dumps_json(message) for message in new.messages],
+        "run_object": encoded,
+        "notify_payload": f"{values['id']}:run.status:1:"
+        + events_payload([("run.status", encoded)]),
+    }
+    async with db.write(one_statement=True) as tx:
+        await tx.conn.execute(_CREATE, params)
+        await tx.announce_event(
+            values["id"], "run.status", [RunEvent(1, "run.status", run)], notified=True
+        )
+        await tx.announce_queued(notified=True)
+    return run
+
+
 async def _create_run(
     db: Database, new: NewRun, idempotency_key: str | None, request_hash: str | None
 ) -> tuple[dict[str, Any], bool]:
+    if db.is_postgres and idempotency_key is None:
+        return await _create_run_in_one_statement(db, new), True
     ts = now()
     run_id = new_id()
     async with db.write() as tx:
@@ -117,27 +223,7 @@ async def _create_run(
                         idempotency_keys.c.key == idempotency_key,
                     )
                 )
-        values = {
-            "id": run_id,
-            "project_id": new.project_id,
-            "agent_id": new.agent_id,
-            "agent_version": new.agent_version,
-            "status": "queued",
-            "vars": new.vars,
-            "results": new.results,
-            "pending_tool_calls": [],
-            "callback_url": new.callback_url,
-            "bundle": new.bundle,
-            "environment": new.environment,
-            "usage": {"requests": 0, "input_tokens": 0, "output_tokens": 0},
-            "metadata": new.metadata,
-            "timeout_s": new.timeout_s,
-            "tool_response_timeout_s": new.tool_response_timeout_s,
-            "created_at": ts,
-            "updated_at": ts,
-            "queued_at": ts,
-            "event_seq": 1,
-        }
+        values = _new_row(new, run_id, ts)
         insert = _INSERT_RUN_NOTIFYING if tx.is_postgres else _INSERT_RUN
         row = (await tx.conn.execute(insert, values)).one()
         await append_messages(tx, run_id, 0, new.messages)
