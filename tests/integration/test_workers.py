@@ -191,7 +191,11 @@ async def test_first_api_key_is_created_once_by_racing_processes(db_url: str) ->
 
 
 class FlakyDatabase(Database):
-    """Fails the `fail_at`-th database access made by a run's own task, once."""
+    """Fails the `fail_at`-th database access made by a run's own task, once.
+
+    A run's task reads its agent first (the first access, before the agent loop; its
+    conversation comes with the claim), then writes its steps (inside the loop).
+    """
 
     def __init__(self, url: str, fail_at: int) -> None:
         super().__init__(url)
@@ -200,7 +204,11 @@ class FlakyDatabase(Database):
 
     def _maybe_fail(self) -> None:
         task = asyncio.current_task()
-        if task is not None and task.get_name().startswith("run-"):
+        if task is not None and (
+            task.get_name().startswith("run-")
+            # A step's write runs in a task of its own (so that cancelling the run spares it).
+            or getattr(task.get_coro(), "__qualname__", "") == "Executor._commit.<locals>.write"
+        ):
             self.calls += 1
             if self.calls == self.fail_at:
                 raise StoreError("injected: the connection was lost")
@@ -208,6 +216,10 @@ class FlakyDatabase(Database):
     def read(self):  # type: ignore[no-untyped-def, override]
         self._maybe_fail()
         return super().read()
+
+    def write(self, **options):  # type: ignore[no-untyped-def, override]
+        self._maybe_fail()
+        return super().write(**options)
 
 
 @contextlib.asynccontextmanager

@@ -64,9 +64,11 @@ class RunStart:
     turn_deadline: float
     timeout_s: float
     tool_response_timeout_s: float | None
+    # The conversation, when read with the claim (else the executor reads it).
+    messages: list[dict[str, Any]] | None = None
 
     @classmethod
-    def of(cls, row: Any) -> RunStart:
+    def of(cls, row: Any, messages: list[dict[str, Any]] | None = None) -> RunStart:
         return cls(
             agent_id=row.agent_id,
             agent_version=row.agent_version,
@@ -78,6 +80,7 @@ class RunStart:
             turn_deadline=row.turn_deadline,
             timeout_s=row.timeout_s,
             tool_response_timeout_s=row.tool_response_timeout_s,
+            messages=messages,
         )
 
 
@@ -155,7 +158,9 @@ class Executor:
         """Drive the run until it completes, fails, pauses, or the lease is lost."""
         progress = RunProgress(
             lease=lease,
-            messages=await messages.load_messages(self.db, lease.run_id),
+            messages=start.messages
+            if start.messages is not None
+            else await messages.load_messages(self.db, lease.run_id),
             results=list(start.results),
             usage=dict(start.usage),
             turn_steps=start.turn_steps,

@@ -110,14 +110,14 @@ class Worker:
         """
         free = min(self.concurrency - len(self._running), CLAIM_BATCH)
         try:
-            claimed = await queue.claim_runs(self.db, self.worker_id, self.lease_s, free)
+            claimed = await queue.claim_runs_to_execute(self.db, self.worker_id, self.lease_s, free)
         except Exception:
             # A dropped connection, a lock timeout: the queue is still there next poll.
             log.warning("cannot claim a run; retrying", exc_info=True)
             await asyncio.sleep(self.poll_interval_s)
             return False
-        for lease, row in claimed:
-            start = RunStart.of(row)
+        for lease, row, history in claimed:
+            start = RunStart.of(row, history)
             task = asyncio.create_task(self._execute(lease, start), name=f"run-{lease.run_id}")
             self._running[lease.token] = (lease, task)
         return len(claimed) == free

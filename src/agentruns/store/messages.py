@@ -42,6 +42,21 @@ async def append_messages(
     )
 
 
+_OF_RUNS = (
+    sa.select(run_messages.c.run_id, run_messages.c.message)
+    .where(run_messages.c.run_id.in_(sa.bindparam("run_ids", expanding=True)))
+    .order_by(run_messages.c.run_id, run_messages.c.position)
+)
+
+
+async def messages_of(tx: Tx, run_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
+    """The conversations of several runs, read in one statement of a write transaction."""
+    conversations: dict[str, list[dict[str, Any]]] = {}
+    for run_id, message in await tx.conn.execute(_OF_RUNS, {"run_ids": run_ids}):
+        conversations.setdefault(run_id, []).append(message)
+    return conversations
+
+
 async def next_position(tx: Tx, run_id: str) -> int:
     top = (
         await tx.conn.execute(
