@@ -51,6 +51,20 @@ async def test_claim_sets_lease_and_in_progress_event(db: Database) -> None:
     assert types == ["queued", "in_progress"]
 
 
+async def test_a_claim_takes_no_more_runs_than_it_asks_for(db: Database) -> None:
+    project = await make_project(db)
+    agent = await make_agent(db, project)
+    made = [await make_run(db, project, agent["id"], f"r{i}") for i in range(4)]
+    for taken in range(1, 5):
+        claimed = await queue.claim_next_run(db, "w1", 30)
+        assert claimed is not None and claimed[0].run_id == made[taken - 1]["id"]
+        listed, _ = await runs.list_runs(
+            db, project, status="queued", agent_id=None, limit=10, after=None
+        )
+        assert len(listed) == 4 - taken
+    assert await queue.claim_next_run(db, "w1", 30) is None
+
+
 async def test_a_batch_claim_takes_the_oldest_runs_each_with_its_own_lease(db: Database) -> None:
     project = await make_project(db)
     agent = await make_agent(db, project)

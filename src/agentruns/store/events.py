@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
@@ -9,8 +10,9 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
 from agentruns.store.clock import now
 from agentruns.store.database import Database, Tx, dumps_json, notify_column
+from agentruns.store.messages import MESSAGE_FORMAT_VERSION, append_messages
 from agentruns.store.notify import EVENTS_CHANNEL, RunEvent, events_payload
-from agentruns.store.tables import Time, run_events, runs
+from agentruns.store.tables import Time, run_events, run_messages, runs
 
 TERMINAL_EVENTS = frozenset({"run.completed", "run.failed", "run.cancelled"})
 
@@ -39,35 +41,135 @@ _STATUS_AND_AFTER = (
 _PROJECT_STATUS_AND_AFTER = _STATUS_AND_AFTER.where(runs.c.project_id == sa.bindparam("project_id"))
 
 
-def _insert_and_notify() -> sa.Select[Any]:
-    """PostgreSQL: insert the events and send their notification, in one statement.
+@dataclass(frozen=True, slots=True)
+class Appended:
+    """What one transaction appends to one run: events numbered from `first_seq` (reserved
+    on the run's row by the caller), and messages placed from `first_position`."""
 
-    The events arrive as arrays (types, and each one's data as JSON text), and the
-    notification carries them too (see `notify.py`): other processes' readers then send
-    them without reading them back.
+    run_id: str
+    first_seq: int
+    events: list[tuple[str, dict[str, Any]]]
+    first_position: int = 0
+    messages: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _append_and_notify() -> sa.Select[Any]:
+    """PostgreSQL: insert events and messages of any number of runs, and send the events'
+    notifications, in one statement.
+
+    Each column arrives as an array (the JSON as text), and each notification carries its
+    run's events too (see `notify.py`): other processes' readers send them without reading
+    them back.
     """
-    new = (
+    new_events = (
         sa.func.unnest(
-            sa.bindparam("types", type_=ARRAY(sa.Text)), sa.bindparam("data", type_=ARRAY(sa.Text))
+            sa.bindparam("event_runs", type_=ARRAY(sa.Text)),
+            sa.bindparam("event_seqs", type_=ARRAY(sa.Integer)),
+            sa.bindparam("event_types", type_=ARRAY(sa.Text)),
+            sa.bindparam("event_data", type_=ARRAY(sa.Text)),
         )
-        .table_valued("type", "data", with_ordinality="n")
+        .table_valued("run_id", "seq", "type", "data")
         .render_derived()
     )
-    insert = run_events.insert().from_select(
+    new_messages = (
+        sa.func.unnest(
+            sa.bindparam("message_runs", type_=ARRAY(sa.Text)),
+            sa.bindparam("message_positions", type_=ARRAY(sa.Integer)),
+            sa.bindparam("messages", type_=ARRAY(sa.Text)),
+        )
+        .table_valued("run_id", "position", "message")
+        .render_derived()
+    )
+    inserted_at = sa.bindparam("inserted_at", type_=Time)
+    insert_events = run_events.insert().from_select(
         ["run_id", "seq", "type", "data", "created_at"],
         sa.select(
-            sa.bindparam("run_id", type_=sa.String),
-            sa.bindparam("first_seq", type_=sa.Integer) + new.c.n - 1,
-            new.c.type,
-            sa.cast(new.c.data, JSONB),
-            sa.bindparam("inserted_at", type_=Time),
-        ).select_from(new),
+            new_events.c.run_id,
+            new_events.c.seq,
+            new_events.c.type,
+            sa.cast(new_events.c.data, JSONB),
+            inserted_at,
+        ),
     )
-    payload = sa.bindparam("payload", type_=sa.Text)
-    return sa.select(notify_column(EVENTS_CHANNEL, payload)).add_cte(insert.cte("inserted"))
+    insert_messages = run_messages.insert().from_select(
+        ["run_id", "position", "format_version", "message", "created_at"],
+        sa.select(
+            new_messages.c.run_id,
+            new_messages.c.position,
+            sa.literal(MESSAGE_FORMAT_VERSION, sa.Integer),
+            sa.cast(new_messages.c.message, JSONB),
+            inserted_at,
+        ),
+    )
+    payloads = (
+        sa.func.unnest(sa.bindparam("payloads", type_=ARRAY(sa.Text)))
+        .table_valued("payload")
+        .render_derived()
+    )
+    return (
+        sa.select(notify_column(EVENTS_CHANNEL, payloads.c.payload))
+        .select_from(payloads)
+        .add_cte(insert_events.cte("inserted_events"), insert_messages.cte("inserted_messages"))
+    )
 
 
-_INSERT_AND_NOTIFY = _insert_and_notify()
+_APPEND_AND_NOTIFY = _append_and_notify()
+
+
+async def append(tx: Tx, appended: list[Appended], *, notified: bool = False) -> None:
+    """Write each run's events and messages; PostgreSQL: one statement, which also notifies
+    other processes of the events (unless `notified`: the caller did)."""
+    ts = now()
+    if tx.is_postgres:
+        await _append_on_postgres(tx, appended, ts, notify=not notified)
+        notified = True
+    else:
+        rows = [
+            {"run_id": a.run_id, "seq": seq, "type": kind, "data": data, "created_at": ts}
+            for a in appended
+            for seq, (kind, data) in enumerate(a.events, a.first_seq)
+        ]
+        if rows:
+            await tx.conn.execute(_INSERT, rows)
+        for a in appended:
+            await append_messages(tx, a.run_id, a.first_position, a.messages)
+    for a in appended:
+        if a.events:
+            # Readers in this process take the committed events from the notification itself.
+            committed = [
+                RunEvent(seq, kind, data) for seq, (kind, data) in enumerate(a.events, a.first_seq)
+            ]
+            await tx.announce_event(a.run_id, a.events[-1][0], committed, notified=notified)
+
+
+async def _append_on_postgres(tx: Tx, appended: list[Appended], ts: float, *, notify: bool) -> None:
+    params: dict[str, Any] = {
+        "event_runs": [],
+        "event_seqs": [],
+        "event_types": [],
+        "event_data": [],
+        "message_runs": [],
+        "message_positions": [],
+        "messages": [],
+        "payloads": [],
+        "inserted_at": ts,
+    }
+    for a in appended:
+        encoded = [(kind, dumps_json(data)) for kind, data in a.events]
+        for seq, (kind, data) in enumerate(encoded, a.first_seq):
+            params["event_runs"].append(a.run_id)
+            params["event_seqs"].append(seq)
+            params["event_types"].append(kind)
+            params["event_data"].append(data)
+        for position, message in enumerate(a.messages, a.first_position):
+            params["message_runs"].append(a.run_id)
+            params["message_positions"].append(position)
+            params["messages"].append(dumps_json(message))
+        if notify and encoded:
+            params["payloads"].append(
+                f"{a.run_id}:{encoded[-1][0]}:{a.first_seq}:{events_payload(encoded)}"
+            )
+    await tx.conn.execute(_APPEND_AND_NOTIFY, params)
 
 
 async def insert_events(
@@ -80,41 +182,8 @@ async def insert_events(
 ) -> None:
     """Write events numbered from `first_seq`; the caller reserved the numbers on the run row
     (and, with `notified`, already sent the PostgreSQL notification for the last one)."""
-    if not events:
-        return
-    ts = now()
-    if tx.is_postgres and not notified:
-        encoded = [(kind, dumps_json(data)) for kind, data in events]
-        payload = f"{run_id}:{events[-1][0]}:{first_seq}:{events_payload(encoded)}"
-        await tx.conn.execute(
-            _INSERT_AND_NOTIFY,
-            {
-                "types": [kind for kind, _ in encoded],
-                "data": [data for _, data in encoded],
-                "run_id": run_id,
-                "first_seq": first_seq,
-                "inserted_at": ts,
-                "payload": payload,
-            },
-        )
-        notified = True
-    else:
-        await tx.conn.execute(
-            _INSERT,
-            [
-                {
-                    "run_id": run_id,
-                    "seq": first_seq + i,
-                    "type": kind,
-                    "data": data,
-                    "created_at": ts,
-                }
-                for i, (kind, data) in enumerate(events)
-            ],
-        )
-    # Readers in this process take the committed events from the notification itself.
-    committed = [RunEvent(first_seq + i, kind, data) for i, (kind, data) in enumerate(events)]
-    await tx.announce_event(run_id, events[-1][0], committed, notified=notified)
+    if events:
+        await append(tx, [Appended(run_id, first_seq, events)], notified=notified)
 
 
 async def list_events(

@@ -17,7 +17,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from agentruns.errors import LeaseLost
 from agentruns.store.clock import now
 from agentruns.store.database import Database, dumps_json, notify_column, without_nul
-from agentruns.store.messages import MESSAGE_FORMAT_VERSION, append_messages
+from agentruns.store.messages import MESSAGE_FORMAT_VERSION
 from agentruns.store.notify import EVENTS_CHANNEL, RunEvent, events_payload
 from agentruns.store.queue import Lease
 from agentruns.store.tables import Time, run_events, run_messages
@@ -55,10 +55,11 @@ async def commit_step(
             values,
             match={"lease_token": lease.token, "status": "in_progress"},
             events=events,
+            messages=messages,
+            position=position,
         )
         if row is None:
             raise LeaseLost(f"run {lease.run_id} is no longer held by this worker")
-        await append_messages(tx, lease.run_id, position, list(messages))
 
 
 @functools.lru_cache(maxsize=32)

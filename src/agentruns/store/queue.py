@@ -12,12 +12,12 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from agentruns.store.clock import new_id, now
+from agentruns.store.clock import now
 from agentruns.store.database import Database, Tx
-from agentruns.store.events import last_event_type
+from agentruns.store.events import Appended, append, last_event_type
 from agentruns.store.messages import messages_of
-from agentruns.store.tables import runs
-from agentruns.store.transitions import status_events, update_run
+from agentruns.store.tables import Time, runs
+from agentruns.store.transitions import render_run, status_events, update_run
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,16 +29,45 @@ class Lease:
     worker_id: str
 
 
-# The oldest queued runs, with what a claim computes from. PostgreSQL: concurrent claimers
-# skip each other's rows. SQLite: BEGIN IMMEDIATE already serialises writers, and
-# SQLAlchemy renders no FOR UPDATE there.
-_NEXT_QUEUED = (
-    sa.select(runs.c.id, runs.c.attempts, runs.c.started_at, runs.c.turn_deadline, runs.c.timeout_s)
-    .where(runs.c.status == "queued")
-    .order_by(runs.c.queued_at, runs.c.id)
-    .limit(sa.bindparam("limit"))
-    .with_for_update(skip_locked=True)
-)
+def _claim_statement(new_token: sa.ColumnElement[str]) -> Any:
+    """Take the oldest queued runs, up to `limit`, in one statement; their new rows.
+
+    PostgreSQL: concurrent claimers skip each other's rows. SQLite: BEGIN IMMEDIATE already
+    serialises writers, and SQLAlchemy renders no FOR UPDATE there. Each run gets a fresh
+    lease token, made by the database (`new_token`), and one event number.
+    """
+    # A CTE, evaluated once: as `id IN (subquery)` PostgreSQL may run the subquery again for
+    # each row it scans, each time taking the next run, and so claim every queued run.
+    oldest = (
+        sa.select(runs.c.id)
+        .where(runs.c.status == "queued")
+        .order_by(runs.c.queued_at, runs.c.id)
+        .limit(sa.bindparam("limit"))
+        .with_for_update(skip_locked=True)
+        .cte("oldest")
+        .prefix_with("MATERIALIZED", dialect="postgresql")
+    )
+    ts = sa.bindparam("ts", type_=Time)
+    return (
+        runs.update()
+        .where(runs.c.id == oldest.c.id, runs.c.status == "queued")
+        .values(
+            status="in_progress",
+            worker_id=sa.bindparam("worker"),
+            lease_token=new_token,
+            lease_until=sa.bindparam("until", type_=Time),
+            attempts=runs.c.attempts + 1,
+            started_at=sa.func.coalesce(runs.c.started_at, ts),
+            turn_deadline=sa.func.coalesce(runs.c.turn_deadline, ts + runs.c.timeout_s),
+            updated_at=ts,
+            event_seq=runs.c.event_seq + 1,
+        )
+        .returning(runs)
+    )
+
+
+_CLAIM_ON_POSTGRES = _claim_statement(sa.cast(sa.func.gen_random_uuid(), sa.String))
+_CLAIM_ON_SQLITE = _claim_statement(sa.func.lower(sa.func.hex(sa.func.randomblob(16))))
 
 
 async def claim_runs(
@@ -65,35 +94,27 @@ async def _claim(
     db: Database, worker_id: str, lease_s: float, limit: int, *, with_messages: bool = False
 ) -> list[tuple[Lease, Any, list[dict[str, Any]]]]:
     ts = now()
-    claimed: list[tuple[Lease, Any, list[dict[str, Any]]]] = []
+    params = {"limit": limit, "worker": worker_id, "ts": ts, "until": ts + lease_s}
     async with db.write() as tx:
-        # The rows are locked (or the database is) until commit: values read here stay true.
-        for found in list(await tx.conn.execute(_NEXT_QUEUED, {"limit": limit})):
-            token = new_id()
-            row = await update_run(
-                tx,
-                found.id,
-                {
-                    "status": "in_progress",
-                    "worker_id": worker_id,
-                    "lease_token": token,
-                    "lease_until": ts + lease_s,
-                    "attempts": found.attempts + 1,
-                    "started_at": found.started_at if found.started_at is not None else ts,
-                    "turn_deadline": found.turn_deadline
-                    if found.turn_deadline is not None
-                    else ts + found.timeout_s,
-                },
-                match={"status": "queued"},
-                events=status_events("in_progress"),
-            )
-            if row is not None:
-                claimed.append((Lease(found.id, token, worker_id), row, []))
-        if with_messages and claimed:
-            conversations = await messages_of(tx, [lease.run_id for lease, _, _ in claimed])
+        statement = _CLAIM_ON_POSTGRES if tx.is_postgres else _CLAIM_ON_SQLITE
+        rows = sorted(await tx.conn.execute(statement, params), key=_queue_order)
+        if not rows:
+            return []
+        await append(
+            tx, [Appended(row.id, row.event_seq, [("run.status", render_run(row))]) for row in rows]
+        )
+        claimed: list[tuple[Lease, Any, list[dict[str, Any]]]] = [
+            (Lease(row.id, row.lease_token, worker_id), row, []) for row in rows
+        ]
+        if with_messages:
+            conversations = await messages_of(tx, [row.id for row in rows])
             for lease, _, history in claimed:
                 history.extend(conversations.get(lease.run_id, ()))
     return claimed
+
+
+def _queue_order(row: Any) -> tuple[float, str]:
+    return row.queued_at, row.id
 
 
 async def claim_next_run(db: Database, worker_id: str, lease_s: float) -> tuple[Lease, Any] | None:

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 
 from agentruns.store.clock import iso, now
 from agentruns.store.database import Tx, without_nul
-from agentruns.store.events import insert_events
+from agentruns.store.events import Appended, append
 from agentruns.store.tables import runs
 from agentruns.store.webhooks import enqueue_delivery
 
@@ -107,9 +107,11 @@ async def update_run(
     match: dict[str, Any] | None = None,
     where: Sequence[sa.ColumnElement[bool]] = (),
     events: Sequence[EventSpec] = (),
+    messages: Sequence[dict[str, Any]] = (),
+    position: int = 0,
 ) -> Any | None:
     """Apply `values` if the run's `match` columns equal theirs and `where` holds, and append
-    `events`; the new row, or None.
+    `events` and `messages` (placed from `position`); the new row, or None.
 
     Plain values and `match` use a pre-built statement; a value that is an SQL expression,
     or any `where` condition, builds one for this call (for the rarely taken paths).
@@ -144,7 +146,7 @@ async def update_run(
         # The outbox row commits with the status change, or neither does.
         run_object = render_run(row)
         await enqueue_delivery(tx, row, {"type": f"run.{status}", "data": run_object})
-    if not events:
+    if not events and not messages:
         return row
     rendered: list[tuple[str, dict[str, Any]]] = []
     for spec in events:
@@ -153,8 +155,9 @@ async def update_run(
             rendered.append((spec, run_object))
         else:
             rendered.append(spec)
-    # On PostgreSQL the events' notification goes with them (see `insert_events`).
-    await insert_events(tx, run_id, row.event_seq - len(events) + 1, rendered)
+    # On PostgreSQL one statement, which also carries the events' notification.
+    first_seq = row.event_seq - len(events) + 1
+    await append(tx, [Appended(run_id, first_seq, rendered, position, list(messages))])
     if values.get("status") == "queued":
         await tx.announce_queued()
     return row
