@@ -49,16 +49,20 @@ async def commit_step(
         await _commit_step_in_one_statement(db, lease, values, events, messages, position)
         return
     async with db.write() as tx:
-        row = await update_run(
-            tx,
-            lease.run_id,
-            values,
-            match={"lease_token": lease.token, "status": "in_progress"},
-            events=events,
-            messages=messages,
-            position=position,
-        )
-        if row is None:
+        # Only whether it matched: the row is not kept while the write waits for its commit
+        # (on SQLite, with thousands of others at times).
+        if (
+            await update_run(
+                tx,
+                lease.run_id,
+                values,
+                match={"lease_token": lease.token, "status": "in_progress"},
+                events=events,
+                messages=messages,
+                position=position,
+            )
+            is None
+        ):
             raise LeaseLost(f"run {lease.run_id} is no longer held by this worker")
 
 

@@ -15,7 +15,6 @@ for the origin, calls go through httpx, which implements proxies.
 from __future__ import annotations
 
 import asyncio
-import codecs
 import contextlib
 import ssl
 import urllib.request
@@ -375,28 +374,33 @@ class StreamedResponse:
         return b"".join([chunk async for chunk in self.aiter_bytes()])
 
     async def aiter_lines(self) -> AsyncIterator[str]:
-        """Lines without their ending (\n or \r\n); UTF-8 split across chunks is kept whole."""
+        """Lines without their ending (\n or \r\n), each decoded from UTF-8 on its own.
+
+        Split as bytes (a newline byte is never part of a multi-byte character, so one split
+        across chunks stays whole) and decoded a line at a time: while the caller is busy
+        with one line, only the rest of the body is held, once, as received. A whole reply
+        often arrives at once, and thousands of runs can each be part-way through one.
+        """
         if self._consumed:
             return
         self._consumed = True
         conn = self._conn
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        text = ""  # decoded, not yet a whole line
+        pending = b""  # received, not yet a whole line
         while (data := self._body()) is not None:
             if data:
-                text += decoder.decode(data)
+                pending = pending + data if pending else data
+                del data
                 start = 0
-                while (end := text.find("\n", start)) >= 0:
-                    yield text[start:end].removesuffix("\r")
+                while (end := pending.find(b"\n", start)) >= 0:
+                    yield pending[start:end].decode("utf-8", "replace").removesuffix("\r")
                     start = end + 1
-                text = text[start:]
+                pending = pending[start:]
             elif conn.eof:
                 raise conn.ended_error(mid_body=True)
             else:
                 await conn.more()
-        text += decoder.decode(b"", final=True)
-        if text:
-            yield text.removesuffix("\r")
+        if pending:
+            yield pending.decode("utf-8", "replace").removesuffix("\r")
 
 
 class _Exchange:
