@@ -534,9 +534,11 @@ async def _uninterruptible(write: Coroutine[Any, Any, None]) -> None:
     cancelled = False
     while not task.done():
         try:
-            await asyncio.wait([task])  # unlike `await task`, cancelling this spares the task
+            await asyncio.shield(task)  # unlike `await task`, cancelling this spares the task
         except asyncio.CancelledError:
-            cancelled = True
+            cancelled = cancelled or not task.done()
+        except Exception:
+            pass  # the write failed: raised below
     if cancelled:
         if not task.cancelled():
             task.exception()  # retrieved: the cancellation is what the caller must see
