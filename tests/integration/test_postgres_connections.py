@@ -132,3 +132,43 @@ async def test_warm_up_opens_the_whole_pool_before_any_request(postgres_url: str
         assert await backends() == before + 4
     finally:
         await db.close()
+
+
+async def test_callers_queue_for_a_free_connection_up_to_the_pool_timeout(
+    postgres_url: str,
+) -> None:
+    db = Database(postgres_url, pool_size=2, pool_timeout_s=0.3)
+    release = asyncio.Event()
+    holding = 0
+
+    async def hold() -> None:
+        nonlocal holding
+        async with db.read() as conn:
+            await conn.execute(sa.text("SELECT 1"))
+            holding += 1
+            await release.wait()
+
+    holders = [asyncio.create_task(hold()) for _ in range(2)]
+    try:
+        await _wait(lambda: holding == 2)
+        started = time.monotonic()
+        with pytest.raises(StoreError, match="no connection free within 0.3 s"):
+            async with db.read():
+                pass
+        assert 0.25 < time.monotonic() - started < 2
+        # A caller cancelled while it waits, and one that waits its turn: neither loses a
+        # connection for good.
+        cancelled = asyncio.create_task(hold())
+        waiting = asyncio.create_task(hold())
+        await asyncio.sleep(0.05)
+        cancelled.cancel()
+        release.set()
+        await asyncio.gather(*holders, waiting)
+        assert holding == 3
+        for _ in range(3):
+            async with db.read() as conn:
+                assert (await conn.execute(sa.text("SELECT 1"))).scalar() == 1
+        assert db._free_connections._value == 2
+    finally:
+        release.set()
+        await db.close()

@@ -152,6 +152,12 @@ class Database:
         self.notifier = Notifier()
         self.connect_timeout_s = connect_timeout_s
         self.pool_size = pool_size
+        self.pool_timeout_s = pool_timeout_s
+        # PostgreSQL: callers queue for a pooled connection here, not in the pool. A caller
+        # waiting in SQLAlchemy's pool waits inside a greenlet, whose saved stack weighs
+        # kilobytes; when thousands of runs want to write at once, that is most of their
+        # memory. Waiting on a semaphore costs a future.
+        self._free_connections = asyncio.Semaphore(pool_size + max_overflow)
         self._listener: PostgresListener | None = None
         self._sqlite: SQLiteConnections | None = None
         self.engine: AsyncEngine | None = None
@@ -241,10 +247,25 @@ class Database:
     @contextlib.asynccontextmanager
     async def _postgres_transaction(self, *, write: bool) -> AsyncIterator[Any]:
         assert self.engine is not None
+        free = self._free_connections
+        if free.locked():  # all in use: wait, at most the pool timeout
+            try:
+                async with asyncio.timeout(self.pool_timeout_s):
+                    await free.acquire()
+            except TimeoutError:
+                raise StoreError(
+                    "cannot reach the database: "
+                    f"no connection free within {self.pool_timeout_s:g} s"
+                ) from None
+        else:
+            await free.acquire()  # at once
         try:
             pg_conn = await (self._write_engine if write else self.engine).connect()
-        except (OSError, sa.exc.DBAPIError, sa.exc.TimeoutError) as exc:
-            raise StoreError(f"cannot reach the database: {_reason(exc)}") from exc
+        except BaseException as exc:
+            free.release()
+            if isinstance(exc, OSError | sa.exc.DBAPIError | sa.exc.TimeoutError):
+                raise StoreError(f"cannot reach the database: {_reason(exc)}") from exc
+            raise
         try:
             if write:
                 async with pg_conn.begin():
@@ -261,6 +282,7 @@ class Database:
             with contextlib.suppress(OSError, sa.exc.DBAPIError):
                 # Returning a broken connection to the pool may fail too; the pool drops it.
                 await pg_conn.close()
+            free.release()
 
     @contextlib.asynccontextmanager
     async def write(self, *, one_statement: bool = False) -> AsyncIterator[Tx]:
