@@ -54,3 +54,20 @@ async def test_a_write_that_completes_returns_normally() -> None:
 
     await _uninterruptible(write())
     assert done == [1]
+
+
+async def test_a_cancellation_that_arrives_as_the_write_ends_is_not_lost() -> None:
+    """The run's timeout cancels it in the same turn of the loop in which its write ends:
+    the cancellation must still be raised (else the timeout never fires)."""
+    loop = asyncio.get_running_loop()
+    written = loop.create_future()
+
+    async def write() -> None:
+        await written
+
+    runner = asyncio.create_task(_uninterruptible(write()))
+    await asyncio.sleep(0)
+    written.set_result(None)  # the write ends ...
+    runner.cancel()  # ... and the cancellation comes before the runner wakes
+    with pytest.raises(asyncio.CancelledError):
+        await runner

@@ -536,7 +536,9 @@ async def _uninterruptible(write: Coroutine[Any, Any, None]) -> None:
         try:
             await asyncio.shield(task)  # unlike `await task`, cancelling this spares the task
         except asyncio.CancelledError:
-            cancelled = cancelled or not task.done()
+            # Even if the write has finished by now: the cancellation is the caller's to see
+            # (swallowed, a run's `asyncio.timeout` would never fire).
+            cancelled = True
         except Exception:
             pass  # the write failed: raised below
     if cancelled:
