@@ -68,7 +68,8 @@ def parse_events_payload(payload: str) -> tuple[str, str, list[RunEvent] | None]
 
 
 class RunWatch:
-    """What one reader of a run is told: a wake-up, and the events committed in this process."""
+    """What one reader of a run is told: a wake-up, and the events that came with it
+    (committed in this process, or carried by another process's notification)."""
 
     __slots__ = ("pushed", "woken")
 

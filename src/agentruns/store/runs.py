@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -184,8 +185,10 @@ async def _create_run_in_one_statement(db: Database, new: NewRun) -> dict[str, A
     """A run without an idempotency key on PostgreSQL: one round trip, no BEGIN or COMMIT."""
     ts = now()
     values = _new_row(new, new_id(), ts)
-    run = render_run(SimpleNamespace(**values, **_UNSET))
-    encoded = dumps_json(run)
+    # Through JSON and back, as the stored row will read: U+0000 replaced (see
+    # `dumps_json`), so the response and the first event say what a later read says.
+    encoded = dumps_json(render_run(SimpleNamespace(**values, **_UNSET)))
+    run = orjson.loads(encoded)
     params = {
         **values,
         "messages": [dumps_json(message) for message in new.messages],

@@ -1,10 +1,11 @@
 """`GET /v1/agent-runs/{id}/events`: Server-Sent Events, replay then live.
 
-A reader sends events strictly in `seq` order from where it is. Events committed
-in this process come with their notification and are sent as they are when they
-follow on without a gap; in any other case (another process wrote them, a
-notification was missed, a poll woke the reader) it reads `run_events` after
-its position, so nothing is skipped or repeated whatever wakes it.
+A reader sends events strictly in `seq` order from where it is. Events that come
+with their notification (committed in this process, or on PostgreSQL carried in
+the payload of another process's) are sent as they are when they follow on
+without a gap; in any other case (too large to carry, a notification was missed,
+a poll woke the reader) it reads `run_events` after its position, so nothing is
+skipped or repeated whatever wakes it.
 """
 
 from __future__ import annotations
@@ -113,8 +114,8 @@ async def event_stream(
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(min(poll_s, heartbeat_s)):
                         await watch.woken.wait()
-            # Events committed in this process arrive with their notification; anything
-            # else (another process wrote them, or a gap) is read from the table.
+            # Events that came with their notification are sent as they are; anything
+            # else (none came, or a gap) is read from the table.
             pushed = _contiguous(watch.take(), after)
             finished = more = False
             if pushed is not None:
