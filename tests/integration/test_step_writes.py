@@ -7,6 +7,8 @@ these writes is one statement, whose notification carries its events to other pr
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -30,6 +32,32 @@ async def _claimed_run(db: Database) -> tuple[str, dict[str, Any], queue.Lease]:
     claimed = await queue.claim_next_run(db, "w1", 30)
     assert claimed is not None
     return project, run, claimed[0]
+
+
+@contextlib.asynccontextmanager
+async def _writer_and_listener(postgres_url: str) -> AsyncIterator[tuple[Database, Database]]:
+    """Two processes' databases: one that writes, one listening for its notifications."""
+    db, other = Database(postgres_url), Database(postgres_url)
+    await other.start()
+    try:
+        assert other._listener is not None
+        await asyncio.wait_for(other._listener.connected.wait(), 10)
+        yield db, other
+    finally:
+        await db.close()
+        await other.close()
+
+
+def _statements_sent(db: Database) -> list[str]:
+    """The statements `db` sends from now on."""
+    assert db.engine is not None
+    sent: list[str] = []
+    sa.event.listen(
+        db.engine.sync_engine,
+        "before_cursor_execute",
+        lambda _conn, _cursor, statement, *_: sent.append(statement),
+    )
+    return sent
 
 
 async def _pushed_until(watch: RunWatch, seq: int) -> list[RunEvent]:
@@ -116,19 +144,9 @@ async def test_a_fenced_out_step_writes_nothing(db: Database) -> None:
 async def test_a_step_on_postgres_is_one_statement_heard_by_other_processes(
     postgres_url: str,
 ) -> None:
-    db, other = Database(postgres_url), Database(postgres_url)
-    await other.start()
-    try:
-        assert other._listener is not None
-        await asyncio.wait_for(other._listener.connected.wait(), 10)
+    async with _writer_and_listener(postgres_url) as (db, other):
         project, run, lease = await _claimed_run(db)
-        assert db.engine is not None
-        sent: list[str] = []
-        sa.event.listen(
-            db.engine.sync_engine,
-            "before_cursor_execute",
-            lambda _conn, _cursor, statement, *_: sent.append(statement),
-        )
+        sent = _statements_sent(db)
         with other.notifier.watch_run(run["id"]) as watch:
             await commit_step(
                 db,
@@ -169,28 +187,15 @@ async def test_a_step_on_postgres_is_one_statement_heard_by_other_processes(
         assert pushed == log[-2:]
         assert [e.type for e in pushed] == ["run.status", "run.completed"]
         assert pushed[-1].data == await runs.get_run(other, project, run["id"])
-    finally:
-        await db.close()
-        await other.close()
 
 
 async def test_creating_a_run_on_postgres_is_one_statement_that_reads_back_the_same(
     postgres_url: str,
 ) -> None:
-    db, other = Database(postgres_url), Database(postgres_url)
-    await other.start()
-    try:
-        assert other._listener is not None
-        await asyncio.wait_for(other._listener.connected.wait(), 10)
+    async with _writer_and_listener(postgres_url) as (db, other):
         project = await make_project(db)
         agent = await make_agent(db, project)
-        assert db.engine is not None
-        sent: list[str] = []
-        sa.event.listen(
-            db.engine.sync_engine,
-            "before_cursor_execute",
-            lambda _conn, _cursor, statement, *_: sent.append(statement),
-        )
+        sent = _statements_sent(db)
         with other.notifier.watch_queue() as queued:
             queued.clear()
             run = await make_run(
@@ -212,6 +217,3 @@ async def test_creating_a_run_on_postgres_is_one_statement_that_reads_back_the_s
         ]
         claimed = await queue.claim_next_run(other, "w1", 30)
         assert claimed is not None and claimed[0].run_id == run["id"]
-    finally:
-        await db.close()
-        await other.close()

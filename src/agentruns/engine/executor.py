@@ -32,7 +32,7 @@ from agentruns.engine.tools import (
 from agentruns.engine.tools.arguments import InvalidArguments, parse_arguments
 from agentruns.engine.tools.bundles import DEFAULT_BUNDLE
 from agentruns.errors import LeaseLost, ModelError, StoreError, ToolError
-from agentruns.store import agents, bundles, events, messages, tool_registry
+from agentruns.store import agents, bundles, events, tool_registry
 from agentruns.store.clock import now
 from agentruns.store.database import Database
 from agentruns.store.execution import commit_step
@@ -64,11 +64,11 @@ class RunStart:
     turn_deadline: float
     timeout_s: float
     tool_response_timeout_s: float | None
-    # The conversation, when read with the claim (else the executor reads it).
-    messages: list[dict[str, Any]] | None = None
+    # The conversation, read with the claim.
+    messages: list[dict[str, Any]]
 
     @classmethod
-    def of(cls, row: Any, messages: list[dict[str, Any]] | None = None) -> RunStart:
+    def of(cls, row: Any, messages: list[dict[str, Any]]) -> RunStart:
         return cls(
             agent_id=row.agent_id,
             agent_version=row.agent_version,
@@ -158,9 +158,7 @@ class Executor:
         """Drive the run until it completes, fails, pauses, or the lease is lost."""
         progress = RunProgress(
             lease=lease,
-            messages=start.messages
-            if start.messages is not None
-            else await messages.load_messages(self.db, lease.run_id),
+            messages=start.messages,
             results=list(start.results),
             usage=dict(start.usage),
             turn_steps=start.turn_steps,

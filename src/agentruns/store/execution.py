@@ -17,10 +17,10 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from agentruns.errors import LeaseLost
 from agentruns.store.clock import now
 from agentruns.store.database import Database, dumps_json, notify_column, without_nul
-from agentruns.store.messages import MESSAGE_FORMAT_VERSION
+from agentruns.store.messages import insert_from_array
 from agentruns.store.notify import EVENTS_CHANNEL, RunEvent, events_payload
 from agentruns.store.queue import Lease
-from agentruns.store.tables import Time, run_events, run_messages
+from agentruns.store.tables import Time, run_events
 from agentruns.store.transitions import EventSpec, update_run, update_statement
 
 # What the worker's writes match on: its lease, on a run still executing.
@@ -96,20 +96,8 @@ def _step_statement(columns: tuple[str, ...], notify: bool) -> sa.Select[Any]:
             created_at,
         ).join_from(updated, new_events, sa.true()),
     )
-    new_messages = (
-        sa.func.unnest(sa.bindparam("messages", type_=ARRAY(sa.Text)))
-        .table_valued("message", with_ordinality="n")
-        .render_derived()
-    )
-    insert_messages = run_messages.insert().from_select(
-        ["run_id", "position", "format_version", "message", "created_at"],
-        sa.select(
-            updated.c.id,
-            sa.bindparam("first_position", type_=sa.Integer) + new_messages.c.n - 1,
-            sa.literal(MESSAGE_FORMAT_VERSION, sa.Integer),
-            sa.cast(new_messages.c.message, JSONB),
-            created_at,
-        ).join_from(updated, new_messages, sa.true()),
+    insert_messages = insert_from_array(
+        updated, sa.bindparam("first_position", type_=sa.Integer), created_at
     )
     columns_out: list[Any] = [updated.c.id, updated.c.event_seq]
     if notify:

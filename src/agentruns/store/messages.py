@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
 from agentruns.store.clock import now
 from agentruns.store.database import Database, Tx
@@ -39,6 +40,29 @@ async def append_messages(
             }
             for i, message in enumerate(messages)
         ],
+    )
+
+
+def insert_from_array(
+    owner: sa.CTE, first_position: sa.ColumnElement[int], inserted_at: sa.ColumnElement[float]
+) -> sa.Insert:
+    """PostgreSQL: an INSERT of the `messages` array parameter (JSON text each) as messages of
+    the run in `owner` (a CTE with its `id`, one row or none), placed from `first_position`;
+    for a data-modifying CTE of a statement that also writes the run."""
+    new = (
+        sa.func.unnest(sa.bindparam("messages", type_=ARRAY(sa.Text)))
+        .table_valued("message", with_ordinality="n")
+        .render_derived()
+    )
+    return run_messages.insert().from_select(
+        ["run_id", "position", "format_version", "message", "created_at"],
+        sa.select(
+            owner.c.id,
+            first_position + new.c.n - 1,
+            sa.literal(MESSAGE_FORMAT_VERSION, sa.Integer),
+            sa.cast(new.c.message, JSONB),
+            inserted_at,
+        ).join_from(owner, new, sa.true()),
     )
 
 

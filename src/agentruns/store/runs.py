@@ -8,16 +8,16 @@ from typing import Any
 
 import orjson
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from agentruns.store.clock import new_id, now
 from agentruns.store.database import Database, dumps_json, notify_column
 from agentruns.store.events import insert_events
-from agentruns.store.messages import MESSAGE_FORMAT_VERSION, append_messages, next_position
+from agentruns.store.messages import append_messages, insert_from_array, next_position
 from agentruns.store.notify import EVENTS_CHANNEL, QUEUE_CHANNEL, RunEvent, events_payload
 from agentruns.store.pagination import page
-from agentruns.store.tables import idempotency_keys, run_events, run_messages, runs
+from agentruns.store.tables import idempotency_keys, run_events, runs
 from agentruns.store.transitions import TERMINAL_STATUSES, render_run, status_events, update_run
 
 IDEMPOTENCY_WINDOW_S = 24 * 3600
@@ -143,20 +143,8 @@ def _create_statement() -> sa.Select[Any]:
         .returning(runs.c.id)
         .cte("created")
     )
-    new_messages = (
-        sa.func.unnest(sa.bindparam("messages", type_=ARRAY(sa.Text)))
-        .table_valued("message", with_ordinality="n")
-        .render_derived()
-    )
-    insert_messages = run_messages.insert().from_select(
-        ["run_id", "position", "format_version", "message", "created_at"],
-        sa.select(
-            created.c.id,
-            new_messages.c.n - 1,
-            sa.literal(MESSAGE_FORMAT_VERSION, sa.Integer),
-            sa.cast(new_messages.c.message, JSONB),
-            sa.bindparam("created_at"),
-        ).join_from(created, new_messages, sa.true()),
+    insert_messages = insert_from_array(
+        created, sa.literal(0, sa.Integer), sa.bindparam("created_at")
     )
     insert_event = run_events.insert().from_select(
         ["run_id", "seq", "type", "data", "created_at"],
