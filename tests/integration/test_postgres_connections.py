@@ -63,13 +63,37 @@ async def test_the_listener_reconnects_after_its_connection_is_dropped(postgres_
         await db.close()
 
 
-async def test_dropped_pool_connections_are_replaced_unnoticed(postgres_url: str) -> None:
-    db = Database(postgres_url)
+async def _backends(url: str) -> int:
+    """This database's other backends."""
+    conn = await asyncpg.connect(_dsn(url))
     try:
+        return int(
+            await conn.fetchval(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        )
+    finally:
+        await conn.close()
+
+
+async def test_dropped_pool_connections_are_replaced_unnoticed(postgres_url: str) -> None:
+    db = Database(postgres_url, pool_size=3)
+    try:
+        await db.warm_up()
         for _ in range(3):
-            async with db.read() as conn:
-                assert (await conn.execute(sa.text("SELECT 1"))).scalar() == 1
+            for _ in range(2):  # reads and writes alike
+                async with db.read() as conn:
+                    assert (await conn.execute(sa.text("SELECT 1"))).scalar() == 1
+                async with db.write() as tx:
+                    assert (await tx.conn.execute(sa.text("SELECT 2"))).scalar() == 2
+            # The server closes them all (as a restart does); a moment later (not within
+            # the same turn of the event loop) the next requests are served as if nothing
+            # had happened.
             assert await _terminate(postgres_url, "true") >= 1
+            deadline = time.monotonic() + 5
+            while await _backends(postgres_url):
+                assert time.monotonic() < deadline, "the backends did not exit"
     finally:
         await db.close()
 
@@ -110,26 +134,14 @@ async def test_an_unreachable_server_fails_fast_with_store_error() -> None:
 
 
 async def test_warm_up_opens_the_whole_pool_before_any_request(postgres_url: str) -> None:
-    async def backends() -> int:
-        conn = await asyncpg.connect(_dsn(postgres_url))
-        try:
-            return int(
-                await conn.fetchval(
-                    "SELECT count(*) FROM pg_stat_activity "
-                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
-                )
-            )
-        finally:
-            await conn.close()
-
     db = Database(postgres_url, pool_size=4)
     try:
-        before = await backends()
+        before = await _backends(postgres_url)
         await db.warm_up()
-        assert await backends() == before + 4
+        assert await _backends(postgres_url) == before + 4
         async with db.read() as conn:  # served from the pool: no new connection
             assert (await conn.execute(sa.text("SELECT 1"))).scalar() == 1
-        assert await backends() == before + 4
+        assert await _backends(postgres_url) == before + 4
     finally:
         await db.close()
 
@@ -168,7 +180,92 @@ async def test_callers_queue_for_a_free_connection_up_to_the_pool_timeout(
         for _ in range(3):
             async with db.read() as conn:
                 assert (await conn.execute(sa.text("SELECT 1"))).scalar() == 1
-        assert db._free_connections._value == 2
+        assert db._connections is not None and db._connections.free == 2
     finally:
         release.set()
+        await db.close()
+
+
+async def _backend_pid(db: Database) -> int:
+    async with db.read() as conn:
+        return int((await conn.execute(sa.text("SELECT pg_backend_pid()"))).scalar_one())
+
+
+async def test_a_failed_write_is_rolled_back_and_its_connection_kept(postgres_url: str) -> None:
+    db = Database(postgres_url, pool_size=1)
+    try:
+        async with db.write() as tx:
+            await tx.conn.execute(sa.text("CREATE TABLE notes (body text PRIMARY KEY)"))
+        pid = await _backend_pid(db)
+        with pytest.raises(RuntimeError):
+            async with db.write() as tx:
+                await tx.conn.execute(sa.text("INSERT INTO notes VALUES ('lost')"))
+                raise RuntimeError("the caller gives up")
+        with pytest.raises(sa.exc.IntegrityError):
+            async with db.write() as tx:
+                await tx.conn.execute(sa.text("INSERT INTO notes VALUES ('twice'), ('twice')"))
+        async with db.write() as tx:
+            await tx.conn.execute(sa.text("INSERT INTO notes VALUES ('kept')"))
+        async with db.read() as conn:
+            bodies = (await conn.execute(sa.text("SELECT body FROM notes"))).scalars().all()
+        assert bodies == ["kept"]
+        # The same connection all along: nothing was left open on it.
+        assert await _backend_pid(db) == pid
+    finally:
+        await db.close()
+
+
+async def test_a_block_cancelled_mid_statement_leaves_nothing_behind(postgres_url: str) -> None:
+    db = Database(postgres_url, pool_size=1)
+    try:
+        async with db.write() as tx:
+            await tx.conn.execute(sa.text("CREATE TABLE notes (body text)"))
+        pid = await _backend_pid(db)
+
+        async def slow_write() -> None:
+            async with db.write() as tx:
+                await tx.conn.execute(sa.text("INSERT INTO notes VALUES ('cancelled')"))
+                await tx.conn.execute(sa.text("SELECT pg_sleep(10)"))
+
+        task = asyncio.create_task(slow_write())
+        await asyncio.sleep(0.3)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        # The next caller gets a working connection (a new one: the cancelled statement's
+        # was closed), and the cancelled transaction wrote nothing.
+        async with db.read() as conn:
+            assert (await conn.execute(sa.text("SELECT count(*) FROM notes"))).scalar() == 0
+        assert await _backend_pid(db) != pid
+    finally:
+        await db.close()
+
+
+async def test_overflow_connections_close_once_the_load_is_gone(postgres_url: str) -> None:
+    db = Database(postgres_url, pool_size=1, max_overflow=2)
+    try:
+        before = await _backends(postgres_url)
+        held = asyncio.Event()
+        release = asyncio.Event()
+        holding = 0
+
+        async def hold() -> None:
+            nonlocal holding
+            async with db.read() as conn:
+                await conn.execute(sa.text("SELECT 1"))
+                holding += 1
+                if holding == 3:
+                    held.set()
+                await release.wait()
+
+        tasks = [asyncio.create_task(hold()) for _ in range(3)]
+        await asyncio.wait_for(held.wait(), 5)
+        assert await _backends(postgres_url) == before + 3
+        release.set()
+        await asyncio.gather(*tasks)
+        # The pool's one connection stays open for the next caller; the two others close.
+        deadline = time.monotonic() + 5
+        while await _backends(postgres_url) != before + 1:
+            assert time.monotonic() < deadline, "overflow connections stayed open"
+    finally:
         await db.close()

@@ -18,7 +18,6 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from agentruns.errors import StoreError
 from agentruns.store.notify import (
     EVENTS_CHANNEL,
     QUEUE_CHANNEL,
@@ -26,29 +25,11 @@ from agentruns.store.notify import (
     PostgresListener,
     RunEvent,
 )
+from agentruns.store.pg_connections import PostgresConnections
 from agentruns.store.sqlite import SQLiteConnections
 
 if TYPE_CHECKING:
     from agentruns.config import Settings
-
-# SQLSTATE classes of failures that say nothing about the statement: the connection broke
-# (08), the server is shutting down or starting (57), it is out of connections (53), or the
-# transaction lost a lock race (40). The caller may try again; constraint errors still pass.
-_TRANSIENT_SQLSTATE_CLASSES = frozenset({"08", "57", "53", "40"})
-
-
-def is_transient(exc: BaseException) -> bool:
-    """Whether a database error is about reaching the database rather than the statement."""
-    if isinstance(exc, OSError | sa.exc.TimeoutError):  # refused, reset, pool exhausted
-        return True
-    if not isinstance(exc, sa.exc.DBAPIError):
-        return False
-    if exc.connection_invalidated or isinstance(
-        exc, sa.exc.OperationalError | sa.exc.InterfaceError
-    ):
-        return True
-    sqlstate = getattr(exc.orig, "sqlstate", None) or ""
-    return sqlstate[:2] in _TRANSIENT_SQLSTATE_CLASSES
 
 
 def normalize_url(url: str) -> str:
@@ -124,11 +105,6 @@ class Tx:
         self.queue_changed = True
 
 
-def _reason(exc: BaseException) -> str:
-    orig = getattr(exc, "orig", None)
-    return f"{type(orig or exc).__name__}: {orig or exc}"
-
-
 class Database:
     """One per process: owns the connections and the in-process notifier.
 
@@ -153,14 +129,10 @@ class Database:
         self.connect_timeout_s = connect_timeout_s
         self.pool_size = pool_size
         self.pool_timeout_s = pool_timeout_s
-        # PostgreSQL: callers queue for a pooled connection here, not in the pool. A caller
-        # waiting in SQLAlchemy's pool waits inside a greenlet, whose saved stack weighs
-        # kilobytes; when thousands of runs want to write at once, that is most of their
-        # memory. Waiting on a semaphore costs a future.
-        self._free_connections = asyncio.Semaphore(pool_size + max_overflow)
         self._listener: PostgresListener | None = None
         self._sqlite: SQLiteConnections | None = None
         self.engine: AsyncEngine | None = None
+        self._connections: PostgresConnections | None = None
         if self.is_sqlite:
             self._sqlite = SQLiteConnections(
                 self.url, json_serializer=dumps_json, json_deserializer=orjson.loads
@@ -176,20 +148,17 @@ class Database:
                 pool_size=pool_size,
                 max_overflow=max_overflow,
                 pool_timeout=pool_timeout_s,
-                # A restarted server leaves dead connections in the pool: test each one as it
-                # is checked out and replace it, instead of failing the request that drew it.
-                # (Testing only connections idle for a while saved a tenth of the database
-                # time, but one the server closed a moment ago then failed its request.)
+                # A restarted server leaves dead connections in the pool: SQLAlchemy's pool
+                # tests each one it hands out (`PostgresConnections` keeps them once out).
                 pool_pre_ping=True,
-                # Pooled connections rest in autocommit, where the ping is one round trip
-                # (outside it, SQLAlchemy's asyncpg ping is BEGIN, the ping, ROLLBACK).
-                # Reads stay there: they need no BEGIN and COMMIT, since at READ COMMITTED
+                # Connections rest in autocommit, and reads stay there: at READ COMMITTED
                 # each statement reads its own snapshot, inside a transaction or not.
                 isolation_level="AUTOCOMMIT",
                 connect_args={"timeout": connect_timeout_s},
             )
-            # Writes are transactions, at PostgreSQL's default level.
-            self._write_engine = self.engine.execution_options(isolation_level="READ COMMITTED")
+            self._connections = PostgresConnections(
+                self.engine, pool_size, max_overflow, pool_timeout_s
+            )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Database:
@@ -217,17 +186,8 @@ class Database:
         A burst of requests right after start would otherwise wait, each, for a
         connection to be made and set up (several round trips apiece).
         """
-        if self.engine is None:
-            return
-        opened: list[AsyncConnection] = []
-        try:
-            for _ in range(self.pool_size):
-                opened.append(await self.engine.connect())
-        except (OSError, sa.exc.DBAPIError, sa.exc.TimeoutError) as exc:
-            raise StoreError(f"cannot reach the database: {_reason(exc)}") from exc
-        finally:
-            for conn in opened:
-                await conn.close()
+        if self._connections is not None:
+            await self._connections.open(self.pool_size)
 
     async def close(self) -> None:
         if self._listener is not None:
@@ -235,6 +195,8 @@ class Database:
             self._listener = None
         if self._sqlite is not None:
             self._sqlite.close()
+        if self._connections is not None:
+            await self._connections.close()
         if self.engine is not None:
             await self.engine.dispose()
 
@@ -242,47 +204,8 @@ class Database:
         if self._sqlite is not None:
             assert not write, "SQLite writes go through write()"
             return self._sqlite.read()
-        return self._postgres_transaction(write=write)
-
-    @contextlib.asynccontextmanager
-    async def _postgres_transaction(self, *, write: bool) -> AsyncIterator[Any]:
-        assert self.engine is not None
-        free = self._free_connections
-        if free.locked():  # all in use: wait, at most the pool timeout
-            try:
-                async with asyncio.timeout(self.pool_timeout_s):
-                    await free.acquire()
-            except TimeoutError:
-                raise StoreError(
-                    "cannot reach the database: "
-                    f"no connection free within {self.pool_timeout_s:g} s"
-                ) from None
-        else:
-            await free.acquire()  # at once
-        try:
-            pg_conn = await (self._write_engine if write else self.engine).connect()
-        except BaseException as exc:
-            free.release()
-            if isinstance(exc, OSError | sa.exc.DBAPIError | sa.exc.TimeoutError):
-                raise StoreError(f"cannot reach the database: {_reason(exc)}") from exc
-            raise
-        try:
-            if write:
-                async with pg_conn.begin():
-                    yield pg_conn
-            else:
-                yield pg_conn
-        except (OSError, sa.exc.DBAPIError) as exc:
-            # Lost connections, a server restart, lock timeouts: the caller may retry.
-            # Errors about the statement itself (constraints, bad SQL) pass unchanged.
-            if not is_transient(exc):
-                raise
-            raise StoreError(f"the database failed: {_reason(exc)}") from exc
-        finally:
-            with contextlib.suppress(OSError, sa.exc.DBAPIError):
-                # Returning a broken connection to the pool may fail too; the pool drops it.
-                await pg_conn.close()
-            free.release()
+        assert self._connections is not None
+        return self._connections.connection(transaction=write)
 
     @contextlib.asynccontextmanager
     async def write(self, *, one_statement: bool = False) -> AsyncIterator[Tx]:

@@ -1,0 +1,184 @@
+"""PostgreSQL connections, kept checked out of SQLAlchemy's pool and handed out from a list.
+
+A checkout from SQLAlchemy's async pool and the return after it cost a greenlet each, the
+pool's bookkeeping and reset, and with the pre-ping a round trip: together twice the CPU of
+the statement they were for (`docs/benchmarks.md`). Here a caller takes an idle connection
+from a list instead. All of them rest in autocommit; a write transaction is BEGIN and
+COMMIT sent on the driver's connection, so a connection never changes its settings.
+
+Liveness without a round trip: a connection the server closed (a restart, an idle timeout)
+shows as closed as soon as the event loop has read the close, and is then replaced. One
+that breaks mid-request fails that request with `StoreError`, as any would.
+
+Callers queue on a semaphore, not in the pool: a caller waiting in SQLAlchemy's pool waits
+inside a greenlet, whose saved stack weighs kilobytes, and thousands of runs may want to
+write at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from agentruns.errors import StoreError
+
+# SQLSTATE classes of failures that say nothing about the statement: the connection broke
+# (08), the server is shutting down or starting (57), it is out of connections (53), or the
+# transaction lost a lock race (40). The caller may try again; constraint errors still pass.
+_TRANSIENT_SQLSTATE_CLASSES = frozenset({"08", "57", "53", "40"})
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a database error is about reaching the database rather than the statement."""
+    if isinstance(exc, OSError | sa.exc.TimeoutError):  # refused, reset, pool exhausted
+        return True
+    if isinstance(exc, sa.exc.DBAPIError):
+        if exc.connection_invalidated or isinstance(
+            exc, sa.exc.OperationalError | sa.exc.InterfaceError
+        ):
+            return True
+        exc = exc.orig or exc
+    # The driver's own errors, from the BEGIN and COMMIT sent on its connection.
+    if type(exc).__module__.startswith("asyncpg") and type(exc).__name__ == "InterfaceError":
+        return True
+    sqlstate = getattr(exc, "sqlstate", None) or ""
+    return sqlstate[:2] in _TRANSIENT_SQLSTATE_CLASSES
+
+
+def reason(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None)
+    return f"{type(orig or exc).__name__}: {orig or exc}"
+
+
+class _Pooled:
+    __slots__ = ("conn", "driver")
+
+    def __init__(self, conn: AsyncConnection, driver: Any) -> None:
+        self.conn = conn
+        self.driver = driver  # the asyncpg connection under `conn`
+
+    def alive(self) -> bool:
+        return not self.conn.invalidated and not self.driver.is_closed()
+
+
+class PostgresConnections:
+    """`size` connections kept open, up to `overflow` more while the load needs them; a caller
+    waits at most `timeout_s` for one."""
+
+    def __init__(self, engine: AsyncEngine, size: int, overflow: int, timeout_s: float) -> None:
+        self._engine = engine
+        self._idle: list[_Pooled] = []
+        self._keep = size
+        self._free = asyncio.Semaphore(size + overflow)
+        self.timeout_s = timeout_s
+
+    @property
+    def free(self) -> int:
+        """How many more callers could have a connection at once."""
+        return self._free._value
+
+    async def open(self, count: int) -> None:
+        """Open `count` connections now and keep them idle."""
+        for _ in range(count):
+            self._idle.append(await self._checkout())
+
+    async def close(self) -> None:
+        idle, self._idle = self._idle, []
+        for pooled in idle:
+            with contextlib.suppress(Exception):
+                await pooled.conn.close()
+
+    @contextlib.asynccontextmanager
+    async def connection(self, *, transaction: bool) -> AsyncIterator[AsyncConnection]:
+        """A connection for the block, in a transaction (committed at its end) or not."""
+        pooled = await self._acquire()
+        idle = False  # whether the connection is known to be idle, with nothing open
+        try:
+            try:
+                if transaction:
+                    await pooled.driver.execute("BEGIN")
+                yield pooled.conn
+                if transaction:
+                    await pooled.driver.execute("COMMIT")
+                idle = True
+            except Exception as exc:
+                idle = await self._roll_back(pooled) if transaction else True
+                # Lost connections, a server restart, lock timeouts: the caller may retry.
+                # Errors about the statement itself (constraints, bad SQL) pass unchanged.
+                if is_transient(exc):
+                    raise StoreError(f"the database failed: {reason(exc)}") from exc
+                raise
+        finally:
+            # Kept, unless it may be unusable (cancelled, the driver may still be cancelling
+            # a statement) or is one too many (an overflow connection).
+            if idle and self._reset(pooled) and len(self._idle) < self._keep:
+                self._idle.append(pooled)
+            else:
+                await self._discard(pooled)
+            self._free.release()
+
+    async def _acquire(self) -> _Pooled:
+        if self._free.locked():  # all in use: wait, at most the pool timeout
+            try:
+                async with asyncio.timeout(self.timeout_s):
+                    await self._free.acquire()
+            except TimeoutError:
+                raise StoreError(
+                    f"cannot reach the database: no connection free within {self.timeout_s:g} s"
+                ) from None
+        else:
+            await self._free.acquire()  # at once
+        try:
+            while self._idle:
+                pooled = self._idle.pop()  # the most recently used: likeliest to be alive
+                if pooled.alive():
+                    return pooled
+                await self._discard(pooled)
+            return await self._checkout()
+        except BaseException:
+            self._free.release()
+            raise
+
+    async def _checkout(self) -> _Pooled:
+        try:
+            conn = await self._engine.connect()
+        except (OSError, sa.exc.DBAPIError, sa.exc.TimeoutError) as exc:
+            raise StoreError(f"cannot reach the database: {reason(exc)}") from exc
+        raw = await conn.get_raw_connection()  # what connect() made: no round trip
+        return _Pooled(conn, raw.driver_connection)
+
+    @staticmethod
+    def _reset(pooled: _Pooled) -> bool:
+        """End SQLAlchemy's record of the block's statements; whether to keep the connection.
+
+        In autocommit, SQLAlchemy's implicit transaction is bookkeeping only: ending it
+        sends nothing, so this needs no greenlet.
+        """
+        if not pooled.alive():
+            return False
+        if pooled.conn.in_transaction():
+            pooled.conn.sync_connection.rollback()  # type: ignore[union-attr]
+        return True
+
+    @staticmethod
+    async def _roll_back(pooled: _Pooled) -> bool:
+        """Whether the block's transaction was rolled back on a connection still usable."""
+        if not pooled.alive():
+            return False
+        try:
+            await pooled.driver.execute("ROLLBACK")
+        except Exception:
+            return False
+        return True
+
+    @staticmethod
+    async def _discard(pooled: _Pooled) -> None:
+        """Close the connection; SQLAlchemy's pool then opens a new one when one is wanted."""
+        with contextlib.suppress(Exception):
+            await pooled.conn.invalidate()
+            await pooled.conn.close()
