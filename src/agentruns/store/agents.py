@@ -38,6 +38,9 @@ _SPEC = sa.select(agent_versions.c.spec).where(
 # Callers treat a spec as read-only.
 _SPEC_CACHE: dict[tuple[str, int], dict[str, Any]] = {}
 SPEC_CACHE_SIZE = 512
+# The version a new run of (project, agent, published?) pinned last: a hint that spares a
+# read, never trusted (see `get_pinned_spec`).
+_PINNED_CACHE: dict[tuple[str, str, bool], int] = {}
 
 
 async def _version_spec(conn: Any, agent_id: str, version: int) -> dict[str, Any] | None:
@@ -194,20 +197,33 @@ async def publish_agent(
 
 
 async def get_pinned_spec(
-    db: Database, project_id: str, agent_id: str, *, published: bool
+    db: Database, project_id: str, agent_id: str, *, published: bool, cached: bool = False
 ) -> tuple[int | None, dict[str, Any] | None]:
     """(version, spec) a new run pins: the latest, or the published one (None if none is).
 
-    (None, None) when the agent is unknown to this project.
+    (None, None) when the agent is unknown to this project. With `cached`, the version this
+    process last read may answer instead of the database: only for a caller that checks it
+    as it creates the run (`runs.create_run` with `check_pinned`), since it may be stale.
     """
+    key = (project_id, agent_id, published)
+    if cached and key in _PINNED_CACHE:
+        version = _PINNED_CACHE[key]
+        spec = await get_agent_spec(db, agent_id, version)
+        if spec is not None:
+            return version, spec
     params = {"agent_id": agent_id, "project_id": project_id}
     async with db.read() as conn:
         row = (await conn.execute(_LIVE_VERSIONS, params)).first()
         if row is None:
+            _PINNED_CACHE.pop(key, None)
             return None, None
         version = row.published_version if published else row.latest_version
         if version is None:
+            _PINNED_CACHE.pop(key, None)
             return None, {}
         spec = await _version_spec(conn, agent_id, version)
     assert spec is not None, "an agent's pinned version always exists"
+    if len(_PINNED_CACHE) >= SPEC_CACHE_SIZE and key not in _PINNED_CACHE:
+        del _PINNED_CACHE[next(iter(_PINNED_CACHE))]  # the oldest entry
+    _PINNED_CACHE[key] = version
     return version, spec

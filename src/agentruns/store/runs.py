@@ -17,7 +17,7 @@ from agentruns.store.events import insert_events
 from agentruns.store.messages import append_messages, insert_from_array, next_position
 from agentruns.store.notify import EVENTS_CHANNEL, QUEUE_CHANNEL, RunEvent, events_payload
 from agentruns.store.pagination import page
-from agentruns.store.tables import idempotency_keys, run_events, runs
+from agentruns.store.tables import agents, idempotency_keys, run_events, runs
 from agentruns.store.transitions import TERMINAL_STATUSES, render_run, status_events, update_run
 
 IDEMPOTENCY_WINDOW_S = 24 * 3600
@@ -37,6 +37,25 @@ class StateConflict(Exception):
 
 class IdempotencyConflict(Exception):
     """The idempotency key was used before with a different request body."""
+
+
+class AgentChanged(Exception):
+    """The agent no longer pins the version the new run was built from (it was updated,
+    published or deleted meanwhile): build the run again from a fresh read."""
+
+
+def _still_pinned(production: bool) -> sa.ColumnElement[bool]:
+    """Whether the run's agent still pins `agent_version` for the run's environment."""
+    pinned = agents.c.published_version if production else agents.c.latest_version
+    return sa.exists().where(
+        agents.c.id == sa.bindparam("agent_id"),
+        agents.c.project_id == sa.bindparam("project_id"),
+        agents.c.deleted_at.is_(None),
+        pinned == sa.bindparam("agent_version"),
+    )
+
+
+_STILL_PINNED = {production: sa.select(_still_pinned(production)) for production in (False, True)}
 
 
 @dataclass
@@ -62,7 +81,11 @@ async def create_run(
     idempotency_key: str | None = None,
     request_hash: str | None = None,
 ) -> tuple[dict[str, Any], bool]:
-    """Queue a run; returns (run, created). A repeated idempotency key returns the first run."""
+    """Queue a run; returns (run, created). A repeated idempotency key returns the first run.
+
+    Raises `AgentChanged` unless the agent still pins `new.agent_version`, checked in the
+    same statement or transaction that inserts the run.
+    """
     try:
         return await _create_run(db, new, idempotency_key, request_hash)
     except sa.exc.IntegrityError:
@@ -130,16 +153,23 @@ def _new_row(new: NewRun, run_id: str, ts: float) -> dict[str, Any]:
 _UNSET = {"last_agent_message": None, "error": None, "started_at": None, "completed_at": None}
 
 
-def _create_statement() -> sa.Select[Any]:
+def _create_statement(production: bool) -> sa.Select[Any]:
     """PostgreSQL: insert a run, its messages and its first event, and tell other processes
     of the event and of the queue, in one statement (data-modifying CTEs).
 
     The run object (the event's data) is rendered beforehand from the values inserted.
+    Nothing is inserted, and no row comes back, unless the agent still pins the run's
+    version (`AgentChanged`).
     """
     columns = _new_row(NewRun("", "", 0, [], [], 0.0), "", 0.0)
     created = (
         runs.insert()
-        .values({name: sa.bindparam(name, type_=runs.c[name].type) for name in columns})
+        .from_select(
+            list(columns),
+            sa.select(*(sa.bindparam(name, type_=runs.c[name].type) for name in columns)).where(
+                _still_pinned(production)
+            ),
+        )
         .returning(runs.c.id)
         .cte("created")
     )
@@ -166,7 +196,7 @@ def _create_statement() -> sa.Select[Any]:
     )
 
 
-_CREATE = _create_statement()
+_CREATE = {production: _create_statement(production) for production in (False, True)}
 
 
 async def _create_run_in_one_statement(db: Database, new: NewRun) -> dict[str, Any]:
@@ -185,7 +215,9 @@ async def _create_run_in_one_statement(db: Database, new: NewRun) -> dict[str, A
         + events_payload([("run.status", encoded)]),
     }
     async with db.write(one_statement=True) as tx:
-        await tx.conn.execute(_CREATE, params)
+        statement = _CREATE[new.environment == "production"]
+        if (await tx.conn.execute(statement, params)).first() is None:
+            raise AgentChanged(new.agent_id)
         await tx.announce_event(
             values["id"], "run.status", [RunEvent(1, "run.status", run)], notified=True
         )
@@ -214,6 +246,11 @@ async def _create_run(
                         idempotency_keys.c.key == idempotency_key,
                     )
                 )
+        pinned = {k: getattr(new, k) for k in ("agent_id", "project_id", "agent_version")}
+        if not (
+            await tx.conn.execute(_STILL_PINNED[new.environment == "production"], pinned)
+        ).scalar():
+            raise AgentChanged(new.agent_id)
         values = _new_row(new, run_id, ts)
         insert = _INSERT_RUN_NOTIFYING if tx.is_postgres else _INSERT_RUN
         row = (await tx.conn.execute(insert, values)).one()

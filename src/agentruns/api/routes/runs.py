@@ -17,7 +17,7 @@ from agentruns.engine.templating import MissingVars, render_all
 from agentruns.netguard import UnsafeURL, check_public_url
 from agentruns.store import agents, runs, tool_calls
 from agentruns.store.clock import iso
-from agentruns.store.runs import IdempotencyConflict, NewRun, StateConflict
+from agentruns.store.runs import AgentChanged, IdempotencyConflict, NewRun, StateConflict
 
 router = APIRouter(prefix="/v1/agent-runs", tags=["agent runs"])
 
@@ -25,11 +25,15 @@ RUN_STATUSES = ("queued", "in_progress", "awaiting_tool_calls", "completed", "fa
 
 
 async def _pinned_spec(
-    request: Request, project: str, agent_id: str, environment: str
+    request: Request, project: str, agent_id: str, environment: str, cached: bool
 ) -> tuple[int, dict[str, Any]]:
     """The agent version a new run pins: latest (playground) or published (production)."""
     version, spec = await agents.get_pinned_spec(
-        request.app.state.db, project, agent_id, published=environment == "production"
+        request.app.state.db,
+        project,
+        agent_id,
+        published=environment == "production",
+        cached=cached,
     )
     if spec is None:
         raise not_found("agent", agent_id)
@@ -87,6 +91,31 @@ def _first_messages(
     return first
 
 
+async def _new_run(request: Request, project: str, body: RunCreate, *, cached: bool) -> NewRun:
+    """The run `body` asks for, from the agent version it pins."""
+    agent_id = body.target_agent
+    version, spec = await _pinned_spec(request, project, agent_id, body.environment, cached)
+    values = {**(spec.get("vars") or {}), **body.vars}
+    bundle = body.bundle or spec.get("bundle")
+    await check_bundle_exists(request, project, bundle)
+    callback_url = body.callback_url or spec.get("callback_url")
+    await _check_callback_url(request, callback_url, from_agent=not body.callback_url)
+    return NewRun(
+        project_id=project,
+        agent_id=agent_id,
+        agent_version=version,
+        messages=_first_messages(spec, values, body.message),
+        results=[],
+        timeout_s=float(spec.get("timeout_s") or 600),
+        vars=values,
+        callback_url=callback_url,
+        bundle=bundle,
+        environment=body.environment,
+        metadata=body.metadata,
+        tool_response_timeout_s=body.tool_response_timeout_s,
+    )
+
+
 @router.post("")
 async def create_run(
     body: RunCreate,
@@ -105,33 +134,21 @@ async def create_run(
             raise APIError(409, str(exc)) from exc
         if replayed is not None:
             return envelope(replayed)
-    agent_id = body.target_agent
-    version, spec = await _pinned_spec(request, project, agent_id, body.environment)
-    values = {**(spec.get("vars") or {}), **body.vars}
-    bundle = body.bundle or spec.get("bundle")
-    await check_bundle_exists(request, project, bundle)
-    callback_url = body.callback_url or spec.get("callback_url")
-    await _check_callback_url(request, callback_url, from_agent=not body.callback_url)
-    new = NewRun(
-        project_id=project,
-        agent_id=agent_id,
-        agent_version=version,
-        messages=_first_messages(spec, values, body.message),
-        results=[],
-        timeout_s=float(spec.get("timeout_s") or 600),
-        vars=values,
-        callback_url=callback_url,
-        bundle=bundle,
-        environment=body.environment,
-        metadata=body.metadata,
-        tool_response_timeout_s=body.tool_response_timeout_s,
-    )
-    try:
-        run, _created = await runs.create_run(
-            db, new, idempotency_key=idempotency_key, request_hash=request_hash
-        )
-    except IdempotencyConflict as exc:
-        raise APIError(409, str(exc)) from exc
+    # The agent's version comes from this process's memory when it can: the insert checks
+    # that it is still the one pinned, and a stale one is read again.
+    for cached in (True, False, False):
+        new = await _new_run(request, project, body, cached=cached)
+        try:
+            run, _created = await runs.create_run(
+                db, new, idempotency_key=idempotency_key, request_hash=request_hash
+            )
+        except IdempotencyConflict as exc:
+            raise APIError(409, str(exc)) from exc
+        except AgentChanged:
+            continue
+        break
+    else:
+        raise APIError(409, f"agent {body.target_agent} kept changing; retry the request")
     return envelope(run)
 
 
