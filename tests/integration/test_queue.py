@@ -92,6 +92,23 @@ async def test_a_batch_claim_takes_the_oldest_runs_each_with_its_own_lease(db: D
     assert await queue.claim_runs(db, "w3", 30, 8) == []
 
 
+async def test_a_claim_to_execute_brings_each_run_its_own_conversation(db: Database) -> None:
+    project = await make_project(db)
+    agent = await make_agent(db, project)
+    made = [await make_run(db, project, agent["id"], f"question {i}") for i in range(3)]
+    claimed = await queue.claim_runs_to_execute(db, "w1", 30, 8)
+    assert [lease.run_id for lease, _, _ in claimed] == [r["id"] for r in made]
+    for i, (_, _, history) in enumerate(claimed):
+        assert history == [{"role": "user", "content": f"question {i}"}]
+    # Handed back after a step, the run comes back with its longer conversation, in order.
+    first = claimed[0][0]
+    added = [{"role": "assistant", "content": f"answer {i}"} for i in range(12)]
+    await commit_step(db, first, messages=added, position=1)
+    await queue.release_lease(db, first)
+    [(_, _, history)] = await queue.claim_runs_to_execute(db, "w2", 30, 8)
+    assert history == [{"role": "user", "content": "question 0"}, *added]
+
+
 async def test_writes_are_fenced_after_cancel(db: Database) -> None:
     project = await make_project(db)
     agent = await make_agent(db, project)

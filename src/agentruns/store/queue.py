@@ -11,12 +11,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB, aggregate_order_by
 
 from agentruns.store.clock import now
 from agentruns.store.database import Database, Tx
 from agentruns.store.events import Appended, append, last_event_type
 from agentruns.store.messages import messages_of
-from agentruns.store.tables import Time, runs
+from agentruns.store.tables import Time, run_messages, runs
 from agentruns.store.transitions import render_run, status_events, update_run
 
 
@@ -29,7 +30,18 @@ class Lease:
     worker_id: str
 
 
-def _claim_statement(new_token: sa.ColumnElement[str]) -> Any:
+def _conversation() -> sa.ScalarSelect[Any]:
+    """PostgreSQL: the claimed run's messages in order, as a JSON array (a column of the
+    claim's result, so that no statement of its own reads them)."""
+    ordered = aggregate_order_by(run_messages.c.message, run_messages.c.position)
+    return (
+        sa.select(sa.func.coalesce(sa.func.jsonb_agg(ordered), sa.text("'[]'::jsonb")))
+        .where(run_messages.c.run_id == runs.c.id)
+        .scalar_subquery()
+    )
+
+
+def _claim_statement(new_token: sa.ColumnElement[str], *returning: Any) -> Any:
     """Take the oldest queued runs, up to `limit`, in one statement; their new rows.
 
     PostgreSQL: concurrent claimers skip each other's rows. SQLite: BEGIN IMMEDIATE already
@@ -62,11 +74,15 @@ def _claim_statement(new_token: sa.ColumnElement[str]) -> Any:
             updated_at=ts,
             event_seq=runs.c.event_seq + 1,
         )
-        .returning(runs)
+        .returning(runs, *returning)
     )
 
 
 _CLAIM_ON_POSTGRES = _claim_statement(sa.cast(sa.func.gen_random_uuid(), sa.String))
+_CLAIM_WITH_MESSAGES_ON_POSTGRES = _claim_statement(
+    sa.cast(sa.func.gen_random_uuid(), sa.String),
+    sa.type_coerce(_conversation(), JSONB).label("conversation"),
+)
 _CLAIM_ON_SQLITE = _claim_statement(sa.func.lower(sa.func.hex(sa.func.randomblob(16))))
 
 
@@ -96,7 +112,10 @@ async def _claim(
     ts = now()
     params = {"limit": limit, "worker": worker_id, "ts": ts, "until": ts + lease_s}
     async with db.write() as tx:
-        statement = _CLAIM_ON_POSTGRES if tx.is_postgres else _CLAIM_ON_SQLITE
+        if not tx.is_postgres:
+            statement = _CLAIM_ON_SQLITE
+        else:
+            statement = _CLAIM_WITH_MESSAGES_ON_POSTGRES if with_messages else _CLAIM_ON_POSTGRES
         rows = sorted(await tx.conn.execute(statement, params), key=_queue_order)
         if not rows:
             return []
@@ -107,7 +126,12 @@ async def _claim(
             (Lease(row.id, row.lease_token, worker_id), row, []) for row in rows
         ]
         if with_messages:
-            conversations = await messages_of(tx, [row.id for row in rows])
+            # PostgreSQL: read by the claim itself (see `_conversation`).
+            conversations = (
+                {row.id: row.conversation for row in rows}
+                if tx.is_postgres
+                else await messages_of(tx, [row.id for row in rows])
+            )
             for lease, _, history in claimed:
                 history.extend(conversations.get(lease.run_id, ()))
     return claimed
