@@ -11,9 +11,12 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
 import pytest
 import sqlalchemy as sa
 
+from agentruns.engine.executor import Executor
+from agentruns.engine.worker import Worker
 from agentruns.errors import LeaseLost
 from agentruns.store import events, messages, queue, runs
 from agentruns.store.database import Database
@@ -217,3 +220,66 @@ async def test_creating_a_run_on_postgres_is_one_statement_that_reads_back_the_s
         ]
         claimed = await queue.claim_next_run(other, "w1", 30)
         assert claimed is not None and claimed[0].run_id == run["id"]
+
+
+LOOKUP = {
+    "type": "function",
+    "name": "lookup",
+    "description": "Look a word up in the caller's dictionary.",
+    "parameters": {"type": "object", "properties": {"word": {"type": "string"}}},
+}
+TIME = {"type": "builtin", "name": "get_current_time"}
+
+
+async def _run_to_rest(db: Database, project: str, run_id: str) -> dict[str, Any]:
+    """Execute the run with a worker until it completes, fails or pauses; the run then."""
+    async with httpx.AsyncClient() as http:
+        worker = Worker(db, Executor(db, http=http, default_model="test"), poll_interval_s=0.05)
+        task = asyncio.create_task(worker.run())
+        try:
+            with db.notifier.watch_run(run_id) as watch:
+                async with asyncio.timeout(10):
+                    while (run := await runs.get_run(db, project, run_id))["status"] in (
+                        "queued",
+                        "in_progress",
+                    ):
+                        await watch.woken.wait()
+                        watch.take()
+        finally:
+            worker.stop()
+            await task
+    return run
+
+
+@pytest.mark.parametrize(
+    ("spec", "status"),
+    [
+        ({"tools": [TIME]}, "completed"),
+        ({"tools": [LOOKUP]}, "awaiting_tool_calls"),
+        ({"tools": [TIME], "max_steps": 1}, "failed"),
+    ],
+    ids=["completed", "paused", "failed"],
+)
+async def test_status_events_carry_the_run_as_stored(
+    db: Database, spec: dict[str, Any], status: str
+) -> None:
+    """The worker's status changes: the run object in their events is the row as committed
+    (on PostgreSQL rendered before the UPDATE, which is then the step's one statement)."""
+    project = await make_project(db)
+    agent = await make_agent(db, project, model="test", **spec)
+    created = await make_run(db, project, agent["id"], "what\x00 time is it?", metadata={"k": 1})
+    sent = _statements_sent(db) if db.is_postgres else []
+    run = await _run_to_rest(db, project, created["id"])
+    assert run["status"] == status
+    log = await events.list_events(db, run["id"])
+    changes = [e for e in log if e.type.startswith("run.")]
+    if status == "awaiting_tool_calls":
+        assert changes[-1].type == "run.status"
+    else:
+        assert [e.type for e in changes[-2:]] == ["run.status", f"run.{status}"]
+        assert changes[-2].data == run
+    assert changes[-1].data == run
+    assert run["metadata"] == {"k": 1} and run["started_at"] is not None
+    # On PostgreSQL no write of the worker took a transaction of its own: no UPDATE outside
+    # a one-statement write (the claim's is in a CTE too).
+    assert not [s for s in sent if s.startswith("UPDATE runs")]

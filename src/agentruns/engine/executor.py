@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
@@ -66,6 +67,19 @@ class RunStart:
     tool_response_timeout_s: float | None
     # The conversation, read with the claim.
     messages: list[dict[str, Any]]
+    # The rest of the run object, as the row has it until the worker changes the status:
+    # the worker alone writes the run while it holds the lease (see `_current`). Empty
+    # ones are None: thousands of runs may be waiting at once, and an empty dict is 64 B.
+    vars: dict[str, Any] | None
+    last_agent_message: str | None
+    pending_tool_calls: list[Any] | None
+    callback_url: str | None
+    environment: str
+    error: dict[str, Any] | None
+    metadata: dict[str, Any] | None
+    created_at: float
+    started_at: float
+    completed_at: float | None
 
     @classmethod
     def of(cls, row: Any, messages: list[dict[str, Any]]) -> RunStart:
@@ -81,6 +95,16 @@ class RunStart:
             timeout_s=row.timeout_s,
             tool_response_timeout_s=row.tool_response_timeout_s,
             messages=messages,
+            vars=row.vars or None,
+            last_agent_message=row.last_agent_message,
+            pending_tool_calls=row.pending_tool_calls or None,
+            callback_url=row.callback_url,
+            environment=sys.intern(row.environment),
+            error=row.error,
+            metadata=row.metadata or None,
+            created_at=row.created_at,
+            started_at=row.started_at,
+            completed_at=row.completed_at,
         )
 
 
@@ -89,6 +113,7 @@ class RunProgress:
     """The executing worker's copy of what it owns: it alone writes these fields."""
 
     lease: Lease
+    start: RunStart
     messages: list[dict[str, Any]]
     results: list[dict[str, Any]]
     usage: dict[str, int]
@@ -158,9 +183,11 @@ class Executor:
         """Drive the run until it completes, fails, pauses, or the lease is lost."""
         progress = RunProgress(
             lease=lease,
+            start=start,
             messages=start.messages,
-            results=list(start.results),
-            usage=dict(start.usage),
+            # Not copied: a step replaces them, never changes them in place.
+            results=start.results,
+            usage=start.usage,
             turn_steps=start.turn_steps,
             tool_response_timeout_s=start.tool_response_timeout_s,
         )
@@ -261,6 +288,7 @@ class Executor:
                 events=events or [],
                 messages=new_messages or [],
                 position=len(progress.messages),
+                current=_current(progress) if values and "status" in values else None,
             )
             progress.messages.extend(new_messages or [])
             if then is not None:
@@ -518,6 +546,36 @@ class Executor:
         except LeaseLost:
             log.info("run %s: lease lost before recording failure %s", progress.lease.run_id, kind)
         progress.finished = True
+
+
+def _current(progress: RunProgress) -> dict[str, Any]:
+    """The run object's columns as the run's row has them now.
+
+    The executing worker knows them: it alone writes the run while it holds the lease, and
+    anyone else's change (a cancellation, a lease taken over) moves the row out of the fence
+    its writes match on, so that a write rendered from a stale copy is never applied.
+    """
+    start = progress.start
+    return {
+        "id": progress.lease.run_id,
+        "project_id": start.project_id,
+        "agent_id": start.agent_id,
+        "agent_version": start.agent_version,
+        "status": "in_progress",
+        "vars": start.vars or {},
+        "results": progress.results,
+        "last_agent_message": start.last_agent_message,
+        "pending_tool_calls": start.pending_tool_calls or [],
+        "callback_url": start.callback_url,
+        "bundle": start.bundle,
+        "environment": start.environment,
+        "usage": progress.usage,
+        "error": start.error,
+        "metadata": start.metadata or {},
+        "created_at": start.created_at,
+        "started_at": start.started_at,
+        "completed_at": start.completed_at,
+    }
 
 
 async def _uninterruptible(write: Coroutine[Any, Any, None]) -> None:

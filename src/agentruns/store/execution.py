@@ -8,9 +8,11 @@ and the worker drops the run.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from types import SimpleNamespace
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
@@ -21,7 +23,13 @@ from agentruns.store.messages import insert_from_array
 from agentruns.store.notify import EVENTS_CHANNEL, RunEvent, events_payload
 from agentruns.store.queue import Lease
 from agentruns.store.tables import Time, run_events
-from agentruns.store.transitions import EventSpec, update_run, update_statement
+from agentruns.store.transitions import (
+    WEBHOOK_STATUSES,
+    EventSpec,
+    render_run,
+    update_run,
+    update_statement,
+)
 
 # What the worker's writes match on: its lease, on a run still executing.
 _FENCE = ("lease_token", "status")
@@ -35,19 +43,23 @@ async def commit_step(
     events: Sequence[EventSpec] = (),
     messages: Sequence[dict[str, Any]] = (),
     position: int = 0,
+    current: Mapping[str, Any] | None = None,
 ) -> None:
-    """Atomically update the run, append events and messages (from `position`)."""
+    """Atomically update the run, append events and messages (from `position`).
+
+    `current`, the run object's columns as the row has them before this write, lets
+    PostgreSQL render the run object that status events carry before the UPDATE, so that
+    a status change is one statement too (unless a webhook is due: its outbox row goes in
+    the same transaction, `update_run`).
+    """
     values = values or {}
-    if (
-        db.is_postgres
-        and "status" not in values
-        and not any(isinstance(spec, str) for spec in events)
-        and not any(isinstance(value, sa.ClauseElement) for value in values.values())
-    ):
-        # Most steps: no status change, so no event carries the run object and no webhook
-        # is due. One statement then does it all (see `_step_statement`).
-        await _commit_step_in_one_statement(db, lease, values, events, messages, position)
-        return
+    if db.is_postgres and not any(isinstance(v, sa.ClauseElement) for v in values.values()):
+        ts = now()
+        rendered = _rendered_events(values, events, current, ts)
+        if rendered is not None:
+            # One statement does it all (see `_step_statement`).
+            await _commit_step_in_one_statement(db, lease, values, rendered, messages, position, ts)
+            return
     async with db.write() as tx:
         # Only whether it matched: the row is not kept while the write waits for its commit
         # (on SQLite, with thousands of others at times).
@@ -64,6 +76,26 @@ async def commit_step(
             is None
         ):
             raise LeaseLost(f"run {lease.run_id} is no longer held by this worker")
+
+
+def _rendered_events(
+    values: dict[str, Any],
+    events: Sequence[EventSpec],
+    current: Mapping[str, Any] | None,
+    updated_at: float,
+) -> list[tuple[str, dict[str, Any]]] | None:
+    """`events` with the run object in place of each type that stands for it (rendered from
+    `current` and `values`, through JSON as a later read returns it: U+0000 replaced); None
+    when this write needs its transaction."""
+    if "status" not in values and not any(isinstance(spec, str) for spec in events):
+        return [spec for spec in events if not isinstance(spec, str)]
+    if current is None:
+        return None
+    row = {**current, **{k: v for k, v in values.items() if k in current}}
+    if row["status"] in WEBHOOK_STATUSES and row["callback_url"]:
+        return None
+    run = orjson.loads(dumps_json(render_run(SimpleNamespace(**row, updated_at=updated_at))))
+    return [(spec, run) if isinstance(spec, str) else spec for spec in events]
 
 
 @functools.lru_cache(maxsize=32)
@@ -122,11 +154,11 @@ async def _commit_step_in_one_statement(
     db: Database,
     lease: Lease,
     values: dict[str, Any],
-    events: Sequence[EventSpec],
+    rendered: list[tuple[str, dict[str, Any]]],
     messages: Sequence[dict[str, Any]],
     position: int,
+    updated_at: float,
 ) -> None:
-    rendered = [spec for spec in events if not isinstance(spec, str)]
     encoded = [(kind, dumps_json(data)) for kind, data in rendered]
     params: dict[str, Any] = {
         f"set_{k}": without_nul(v) if isinstance(v, str) else v for k, v in values.items()
@@ -135,9 +167,9 @@ async def _commit_step_in_one_statement(
         match_id=lease.run_id,
         match_lease_token=lease.token,
         match_status="in_progress",
-        set_updated_at=now(),
+        set_updated_at=updated_at,
         added_events=len(rendered),
-        inserted_at=now(),
+        inserted_at=updated_at,
         event_types=[kind for kind, _ in rendered],
         event_data=[data for _, data in encoded],
         messages=[dumps_json(message) for message in messages],
