@@ -47,8 +47,10 @@ async def test_claim_sets_lease_and_in_progress_event(db: Database) -> None:
     assert lease.run_id == run["id"] and row.status == "in_progress" and row.attempts == 1
     assert row.turn_deadline == pytest.approx(row.started_at + 600, abs=1)
     assert await queue.claim_next_run(db, "w2", 30) is None
-    types = [e.data["status"] for e in await events.list_events(db, run["id"])]
-    assert types == ["queued", "in_progress"]
+    log = await events.list_events(db, run["id"])
+    assert [e.data["status"] for e in log] == ["queued", "in_progress"]
+    # The claim's event carries the run as the claim left it (rendered in SQL on PostgreSQL).
+    assert log[-1].data == await runs.get_run(db, project, run["id"])
 
 
 async def test_a_claim_takes_no_more_runs_than_it_asks_for(db: Database) -> None:

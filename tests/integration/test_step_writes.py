@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -18,10 +19,11 @@ import sqlalchemy as sa
 from agentruns.engine.executor import Executor
 from agentruns.engine.worker import Worker
 from agentruns.errors import LeaseLost
-from agentruns.store import events, messages, queue, runs
+from agentruns.store import events, messages, queue, runs, tables
 from agentruns.store.database import Database
 from agentruns.store.execution import commit_step
 from agentruns.store.notify import RunEvent, RunWatch
+from agentruns.store.transitions import CLAIM_KEY, render_run, run_object_sql
 from integration.store_helpers import make_agent, make_project, make_run
 
 CALL = {"id": "call_1", "name": "get_current_time", "arguments": "{}"}
@@ -283,3 +285,45 @@ async def test_status_events_carry_the_run_as_stored(
     # On PostgreSQL no write of the worker took a transaction of its own: no UPDATE outside
     # a one-statement write (the claim's is in a CTE too).
     assert not [s for s in sent if s.startswith("UPDATE runs")]
+
+
+async def test_the_run_object_rendered_in_sql_is_render_run_exactly(postgres_url: str) -> None:
+    """`run_object_sql` (claims on PostgreSQL write it into events) against `render_run`,
+    on rows with every kind of value: nested JSON, pending calls holding claims, NULLs, and
+    times on the half microsecond, where rounding could differ."""
+    db = Database(postgres_url)
+    try:
+        project = await make_project(db)
+        agent = await make_agent(db, project)
+        rng = random.Random(7)
+        made = [
+            await make_run(db, project, agent["id"], vars={"a": [1, {"b": None}]}, metadata={})
+            for _ in range(3)
+        ]
+        times = [rng.randint(1_700_000_000_000_000, 1_900_000_000_000_000) for _ in range(9)]
+        calls = [{"id": "c1", "name": "lookup", "arguments": "{}", CLAIM_KEY: {"by": "x"}}]
+        async with db.write() as tx:
+            for i, run in enumerate(made):
+                await tx.conn.execute(
+                    sa.update(tables.runs)
+                    .where(tables.runs.c.id == run["id"])
+                    .values(
+                        created_at=(times[3 * i] + 0.5) / 1e6,
+                        updated_at=times[3 * i + 1] / 1e6,
+                        started_at=None if i == 0 else (times[3 * i + 2] + 0.5) / 1e6,
+                        completed_at=float(times[3 * i] // 1_000_000),
+                        pending_tool_calls=calls if i else [],
+                        error={"type": "x", "message": "é ✓"} if i == 2 else None,
+                        last_agent_message='quote " and \\ done',
+                    )
+                )
+        async with db.read() as conn:
+            rows = (await conn.execute(sa.select(tables.runs, run_object_sql(tables.runs)))).all()
+        assert len(rows) == 3
+        for row in rows:
+            assert row[-1] == render_run(row)
+        public = [{"id": "c1", "name": "lookup", "arguments": "{}"}]
+        assert sorted(len(row[-1]["pending_tool_calls"]) for row in rows) == [0, 1, 1]
+        assert all(row[-1]["pending_tool_calls"] in ([], public) for row in rows)
+    finally:
+        await db.close()

@@ -14,11 +14,12 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB, aggregate_order_by
 
 from agentruns.store.clock import now
-from agentruns.store.database import Database, Tx
+from agentruns.store.database import Database, Tx, notify_column
 from agentruns.store.events import Appended, append, last_event_type
 from agentruns.store.messages import messages_of
-from agentruns.store.tables import Time, run_messages, runs
-from agentruns.store.transitions import render_run, status_events, update_run
+from agentruns.store.notify import EVENTS_CHANNEL, MAX_PAYLOAD_EVENTS_BYTES, RunEvent
+from agentruns.store.tables import Time, run_events, run_messages, runs
+from agentruns.store.transitions import render_run, run_object_sql, status_events, update_run
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,18 +31,7 @@ class Lease:
     worker_id: str
 
 
-def _conversation() -> sa.ScalarSelect[Any]:
-    """PostgreSQL: the claimed run's messages in order, as a JSON array (a column of the
-    claim's result, so that no statement of its own reads them)."""
-    ordered = aggregate_order_by(run_messages.c.message, run_messages.c.position)
-    return (
-        sa.select(sa.func.coalesce(sa.func.jsonb_agg(ordered), sa.text("'[]'::jsonb")))
-        .where(run_messages.c.run_id == runs.c.id)
-        .scalar_subquery()
-    )
-
-
-def _claim_statement(new_token: sa.ColumnElement[str], *returning: Any) -> Any:
+def _claim_statement(new_token: sa.ColumnElement[str]) -> Any:
     """Take the oldest queued runs, up to `limit`, in one statement; their new rows.
 
     PostgreSQL: concurrent claimers skip each other's rows. SQLite: BEGIN IMMEDIATE already
@@ -74,15 +64,56 @@ def _claim_statement(new_token: sa.ColumnElement[str], *returning: Any) -> Any:
             updated_at=ts,
             event_seq=runs.c.event_seq + 1,
         )
-        .returning(runs, *returning)
+        .returning(runs)
     )
 
 
-_CLAIM_ON_POSTGRES = _claim_statement(sa.cast(sa.func.gen_random_uuid(), sa.String))
-_CLAIM_WITH_MESSAGES_ON_POSTGRES = _claim_statement(
-    sa.cast(sa.func.gen_random_uuid(), sa.String),
-    sa.type_coerce(_conversation(), JSONB).label("conversation"),
-)
+def _claim_on_postgres() -> sa.Select[Any]:
+    """PostgreSQL: the claim, each claimed run's `run.status` event (the run object rendered
+    from the claimed row in SQL) and its notification, and each run's conversation, in one
+    statement (data-modifying CTEs) sent without BEGIN and COMMIT."""
+    claimed = _claim_statement(sa.cast(sa.func.gen_random_uuid(), sa.String)).cte("claimed")
+    objects = sa.select(claimed.c.id, run_object_sql(claimed).label("run")).cte("objects")
+    inserted = run_events.insert().from_select(
+        ["run_id", "seq", "type", "data", "created_at"],
+        sa.select(
+            claimed.c.id,
+            claimed.c.event_seq,
+            sa.literal("run.status", sa.Text),
+            objects.c.run,
+            sa.bindparam("ts", type_=Time),
+        ).join_from(claimed, objects, objects.c.id == claimed.c.id),
+    )
+    ordered = aggregate_order_by(run_messages.c.message, run_messages.c.position)
+    conversation = (
+        sa.select(sa.func.coalesce(sa.func.jsonb_agg(ordered), sa.cast(sa.literal("[]"), JSONB)))
+        .where(run_messages.c.run_id == claimed.c.id)
+        .scalar_subquery()
+    )
+    # The event rides in the notification when it fits (see `notify.events_payload`).
+    body = sa.literal('[["run.status",', sa.Text) + sa.cast(objects.c.run, sa.Text) + "]]"
+    payload = (
+        claimed.c.id
+        + ":run.status:"
+        + sa.cast(claimed.c.event_seq, sa.Text)
+        + ":"
+        + sa.case(
+            (sa.func.octet_length(body) <= MAX_PAYLOAD_EVENTS_BYTES, body), else_=sa.literal("")
+        )
+    )
+    return (
+        sa.select(
+            claimed,
+            objects.c.run,
+            sa.type_coerce(conversation, JSONB).label("conversation"),
+            notify_column(EVENTS_CHANNEL, payload),
+        )
+        .join_from(claimed, objects, objects.c.id == claimed.c.id)
+        .add_cte(inserted.cte("inserted_events"))
+    )
+
+
+_CLAIM_ON_POSTGRES = _claim_on_postgres()
 _CLAIM_ON_SQLITE = _claim_statement(sa.func.lower(sa.func.hex(sa.func.randomblob(16))))
 
 
@@ -91,8 +122,9 @@ async def claim_runs(
 ) -> list[tuple[Lease, Any]]:
     """Atomically take up to `limit` of the oldest queued runs; (lease, row) for each.
 
-    One transaction for several claims: under a deep queue the commit, not the claim,
-    is what costs, and a worker with free slots would otherwise pay it once per run.
+    One write for several claims (on PostgreSQL one statement, events and notifications
+    included): under a deep queue the commit, not the claim, is what costs, and a worker
+    with free slots would otherwise pay it once per run.
     """
     return [(lease, row) for lease, row, _ in await _claim(db, worker_id, lease_s, limit)]
 
@@ -100,9 +132,8 @@ async def claim_runs(
 async def claim_runs_to_execute(
     db: Database, worker_id: str, lease_s: float, limit: int
 ) -> list[tuple[Lease, Any, list[dict[str, Any]]]]:
-    """`claim_runs`, with each run's conversation read in the same transaction: executing a
-    run starts from it, and a read of its own would cost a transaction (PostgreSQL: two
-    round trips) per run."""
+    """`claim_runs`, with each run's conversation read in the same write: executing a run
+    starts from it, and a read of its own would cost a round trip per run."""
     return await _claim(db, worker_id, lease_s, limit, with_messages=True)
 
 
@@ -111,30 +142,25 @@ async def _claim(
 ) -> list[tuple[Lease, Any, list[dict[str, Any]]]]:
     ts = now()
     params = {"limit": limit, "worker": worker_id, "ts": ts, "until": ts + lease_s}
+    if db.is_postgres:
+        async with db.write(one_statement=True) as tx:
+            rows = sorted(await tx.conn.execute(_CLAIM_ON_POSTGRES, params), key=_queue_order)
+            for row in rows:
+                event = RunEvent(row.event_seq, "run.status", row.run)
+                await tx.announce_event(row.id, "run.status", [event], notified=True)
+        return [(Lease(row.id, row.lease_token, worker_id), row, row.conversation) for row in rows]
     async with db.write() as tx:
-        if not tx.is_postgres:
-            statement = _CLAIM_ON_SQLITE
-        else:
-            statement = _CLAIM_WITH_MESSAGES_ON_POSTGRES if with_messages else _CLAIM_ON_POSTGRES
-        rows = sorted(await tx.conn.execute(statement, params), key=_queue_order)
+        rows = sorted(await tx.conn.execute(_CLAIM_ON_SQLITE, params), key=_queue_order)
         if not rows:
             return []
         await append(
             tx, [Appended(row.id, row.event_seq, [("run.status", render_run(row))]) for row in rows]
         )
-        claimed: list[tuple[Lease, Any, list[dict[str, Any]]]] = [
-            (Lease(row.id, row.lease_token, worker_id), row, []) for row in rows
-        ]
-        if with_messages:
-            # PostgreSQL: read by the claim itself (see `_conversation`).
-            conversations = (
-                {row.id: row.conversation for row in rows}
-                if tx.is_postgres
-                else await messages_of(tx, [row.id for row in rows])
-            )
-            for lease, _, history in claimed:
-                history.extend(conversations.get(lease.run_id, ()))
-    return claimed
+        conversations = await messages_of(tx, [row.id for row in rows]) if with_messages else {}
+    return [
+        (Lease(row.id, row.lease_token, worker_id), row, conversations.get(row.id, []))
+        for row in rows
+    ]
 
 
 def _queue_order(row: Any) -> tuple[float, str]:

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB, aggregate_order_by
 
 from agentruns.store.clock import iso, now
 from agentruns.store.database import Tx, without_nul
@@ -60,6 +61,65 @@ def render_run(row: Any) -> dict[str, Any]:
         "started_at": iso(row.started_at),
         "completed_at": iso(row.completed_at),
     }
+
+
+def _iso_sql(column: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
+    """`clock.iso` in PostgreSQL."""
+    utc = sa.func.timezone("UTC", sa.func.to_timestamp(column))
+    return sa.func.to_char(utc, sa.literal('YYYY-MM-DD"T"HH24:MI:SS.US"Z"', sa.Text))
+
+
+def _public_calls_sql(column: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
+    """`public_call` of each pending call, in PostgreSQL."""
+    calls = (
+        sa.func.jsonb_array_elements(column)
+        .table_valued("value", with_ordinality="n")
+        .render_derived()
+    )
+    public = calls.c.value.op("-")(sa.literal(CLAIM_KEY, sa.Text))
+    return (
+        sa.select(
+            sa.func.coalesce(
+                sa.func.jsonb_agg(aggregate_order_by(public, calls.c.n)),
+                sa.cast(sa.literal("[]"), JSONB),
+            )
+        )
+        .select_from(calls)
+        .scalar_subquery()
+    )
+
+
+def run_object_sql(row: Any) -> sa.ColumnElement[Any]:
+    """PostgreSQL: `render_run` of `row` (a CTE or table with the runs' columns), as JSONB.
+
+    For statements that write a run's events with the run itself, where the run object is
+    the row the statement leaves. Tests hold it to `render_run` field by field.
+    """
+    c = row.c
+    fields: dict[str, Any] = {
+        "id": c.id,
+        "user_id": c.project_id,
+        "agent_id": c.agent_id,
+        "chat_id": c.agent_id,
+        "agent_version": c.agent_version,
+        "status": c.status,
+        "vars": c.vars,
+        "results": c.results,
+        "last_agent_message": c.last_agent_message,
+        "pending_tool_calls": _public_calls_sql(c.pending_tool_calls),
+        "callback_url": c.callback_url,
+        "bundle": c.bundle,
+        "environment": c.environment,
+        "usage": c.usage,
+        "error": c.error,
+        "metadata": c.metadata,
+        "created_at": _iso_sql(c.created_at),
+        "updated_at": _iso_sql(c.updated_at),
+        "started_at": _iso_sql(c.started_at),
+        "completed_at": _iso_sql(c.completed_at),
+    }
+    arguments = [part for key, value in fields.items() for part in (sa.literal(key), value)]
+    return sa.func.jsonb_build_object(*arguments, type_=JSONB)
 
 
 def status_events(status: str) -> list[EventSpec]:
