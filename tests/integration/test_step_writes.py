@@ -15,15 +15,17 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import ARRAY
 
 from agentruns.engine.executor import Executor
 from agentruns.engine.worker import Worker
 from agentruns.errors import LeaseLost
 from agentruns.store import events, messages, queue, runs, tables
+from agentruns.store.clock import iso
 from agentruns.store.database import Database
 from agentruns.store.execution import commit_step
 from agentruns.store.notify import RunEvent, RunWatch
-from agentruns.store.transitions import CLAIM_KEY, render_run, run_object_sql
+from agentruns.store.transitions import CLAIM_KEY, iso_sql, render_run, run_object_sql
 from integration.store_helpers import make_agent, make_project, make_run
 
 CALL = {"id": "call_1", "name": "get_current_time", "arguments": "{}"}
@@ -327,3 +329,21 @@ async def test_the_run_object_rendered_in_sql_is_render_run_exactly(postgres_url
         assert all(row[-1]["pending_tool_calls"] in ([], public) for row in rows)
     finally:
         await db.close()
+
+
+async def test_times_render_in_sql_as_in_python(postgres_url: str) -> None:
+    """`clock.iso` rounds as PostgreSQL's `to_timestamp` does, on the half microsecond too."""
+    rng = random.Random(11)
+    values = [rng.uniform(1.6e9, 2.0e9) for _ in range(2_000)]
+    values += [(rng.randint(1_600_000_000_000_000, 2 * 10**15) + 0.5) / 1e6 for _ in range(2_000)]
+    values += [float(rng.randint(1_600_000_000, 2_000_000_000)) for _ in range(200)]
+    column = sa.func.unnest(sa.bindparam("values", type_=ARRAY(sa.Float))).column_valued("x")
+    db = Database(postgres_url)
+    try:
+        async with db.read() as conn:
+            rows = await conn.execute(sa.select(column, iso_sql(column)), {"values": values})
+            rendered = rows.all()
+    finally:
+        await db.close()
+    assert len(rendered) == len(values)
+    assert [text for _, text in rendered] == [iso(x) for x, _ in rendered]

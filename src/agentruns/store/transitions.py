@@ -63,7 +63,7 @@ def render_run(row: Any) -> dict[str, Any]:
     }
 
 
-def _iso_sql(column: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
+def iso_sql(column: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
     """`clock.iso` in PostgreSQL."""
     utc = sa.func.timezone("UTC", sa.func.to_timestamp(column))
     return sa.func.to_char(utc, sa.literal('YYYY-MM-DD"T"HH24:MI:SS.US"Z"', sa.Text))
@@ -113,10 +113,10 @@ def run_object_sql(row: Any) -> sa.ColumnElement[Any]:
         "usage": c.usage,
         "error": c.error,
         "metadata": c.metadata,
-        "created_at": _iso_sql(c.created_at),
-        "updated_at": _iso_sql(c.updated_at),
-        "started_at": _iso_sql(c.started_at),
-        "completed_at": _iso_sql(c.completed_at),
+        "created_at": iso_sql(c.created_at),
+        "updated_at": iso_sql(c.updated_at),
+        "started_at": iso_sql(c.started_at),
+        "completed_at": iso_sql(c.completed_at),
     }
     arguments = [part for key, value in fields.items() for part in (sa.literal(key), value)]
     return sa.func.jsonb_build_object(*arguments, type_=JSONB)
