@@ -9,6 +9,7 @@ import time
 import asyncpg
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from agentruns.errors import StoreError
 from agentruns.store.database import Database
@@ -269,3 +270,62 @@ async def test_overflow_connections_close_once_the_load_is_gone(postgres_url: st
             assert time.monotonic() < deadline, "overflow connections stayed open"
     finally:
         await db.close()
+
+
+async def test_a_block_cancelled_again_while_its_connection_closes_keeps_its_slot(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run's task may be cancelled twice (say, by its user and by the heartbeat that then
+    finds its lease gone): the second cancellation must not cost the pool a connection."""
+    invalidate = AsyncConnection.invalidate
+
+    async def slow_invalidate(
+        self: AsyncConnection, exception: BaseException | None = None
+    ) -> None:
+        await asyncio.sleep(0.05)  # as a graceful close waiting for the server's goodbye
+        await invalidate(self, exception)
+
+    monkeypatch.setattr(AsyncConnection, "invalidate", slow_invalidate)
+    db = Database(postgres_url, pool_size=2)
+    try:
+        for _ in range(3):
+
+            async def slow_read() -> None:
+                async with db.read() as conn:
+                    await conn.execute(sa.text("SELECT pg_sleep(10)"))
+
+            task = asyncio.create_task(slow_read())
+            await asyncio.sleep(0.2)
+            while not task.done():  # again and again, while its connection is being closed
+                task.cancel()
+                await asyncio.sleep(0.0005)
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        assert db._connections is not None and db._connections.free == 2
+        async with db.read() as a, db.read() as b:  # both slots work
+            assert (await a.execute(sa.text("SELECT 1"))).scalar() == 1
+            assert (await b.execute(sa.text("SELECT 2"))).scalar() == 2
+    finally:
+        await db.close()
+
+
+async def test_connections_returned_after_close_are_closed(postgres_url: str) -> None:
+    db = Database(postgres_url, pool_size=2)
+    release = asyncio.Event()
+    started = asyncio.Event()
+
+    async def hold() -> None:
+        async with db.read() as conn:
+            await conn.execute(sa.text("SELECT 1"))
+            started.set()
+            await release.wait()
+
+    before = await _backends(postgres_url)
+    task = asyncio.create_task(hold())
+    await asyncio.wait_for(started.wait(), 5)
+    await db.close()  # while a block still holds a connection
+    release.set()
+    await task
+    deadline = time.monotonic() + 5
+    while await _backends(postgres_url) > before:
+        assert time.monotonic() < deadline, "a connection outlived the database's close"

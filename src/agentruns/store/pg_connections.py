@@ -75,6 +75,7 @@ class PostgresConnections:
         self._idle: list[_Pooled] = []
         self._keep = size
         self._free = asyncio.Semaphore(size + overflow)
+        self._closed = False
         self.timeout_s = timeout_s
 
     @property
@@ -88,6 +89,8 @@ class PostgresConnections:
             self._idle.append(await self._checkout())
 
     async def close(self) -> None:
+        """Close the idle connections; those in use close as their blocks end."""
+        self._closed = True
         idle, self._idle = self._idle, []
         for pooled in idle:
             with contextlib.suppress(Exception):
@@ -114,13 +117,21 @@ class PostgresConnections:
                     raise StoreError(f"the database failed: {reason(exc)}") from exc
                 raise
         finally:
-            # Kept, unless it may be unusable (cancelled, the driver may still be cancelling
-            # a statement) or is one too many (an overflow connection).
-            if idle and self._reset(pooled) and len(self._idle) < self._keep:
-                self._idle.append(pooled)
-            else:
-                await self._discard(pooled)
-            self._free.release()
+            try:
+                # Kept, unless it may be unusable (cancelled, the driver may still be
+                # cancelling a statement), is one too many (an overflow connection), or the
+                # list is closed.
+                if (
+                    idle
+                    and not self._closed
+                    and self._reset(pooled)
+                    and len(self._idle) < self._keep
+                ):
+                    self._idle.append(pooled)
+                else:
+                    await self._discard(pooled)
+            finally:
+                self._free.release()  # even if cancelled again while discarding
 
     async def _acquire(self) -> _Pooled:
         if self._free.locked():  # all in use: wait, at most the pool timeout
@@ -178,7 +189,16 @@ class PostgresConnections:
 
     @staticmethod
     async def _discard(pooled: _Pooled) -> None:
-        """Close the connection; SQLAlchemy's pool then opens a new one when one is wanted."""
-        with contextlib.suppress(Exception):
-            await pooled.conn.invalidate()
-            await pooled.conn.close()
+        """Close the connection; SQLAlchemy's pool then opens a new one when one is wanted.
+
+        At once, without the goodbye a graceful close waits for: its state may be unknown,
+        and a caller cancelled again meanwhile would otherwise leave it half-closed.
+        """
+        pooled.driver.terminate()
+
+        async def forget() -> None:
+            with contextlib.suppress(Exception):
+                await pooled.conn.invalidate()
+                await pooled.conn.close()
+
+        await asyncio.shield(forget())
