@@ -121,15 +121,11 @@ class PostgresConnections:
                 # Kept, unless it may be unusable (cancelled, the driver may still be
                 # cancelling a statement), is one too many (an overflow connection), or the
                 # list is closed.
-                if (
-                    idle
-                    and not self._closed
-                    and self._reset(pooled)
-                    and len(self._idle) < self._keep
-                ):
+                usable = idle and self._reset(pooled)
+                if usable and not self._closed and len(self._idle) < self._keep:
                     self._idle.append(pooled)
                 else:
-                    await self._discard(pooled)
+                    await self._discard(pooled, at_once=not usable)
             finally:
                 self._free.release()  # even if cancelled again while discarding
 
@@ -188,13 +184,15 @@ class PostgresConnections:
         return True
 
     @staticmethod
-    async def _discard(pooled: _Pooled) -> None:
+    async def _discard(pooled: _Pooled, *, at_once: bool = True) -> None:
         """Close the connection; SQLAlchemy's pool then opens a new one when one is wanted.
 
-        At once, without the goodbye a graceful close waits for: its state may be unknown,
-        and a caller cancelled again meanwhile would otherwise leave it half-closed.
+        `at_once`, for one whose state is unknown (say, a statement still being cancelled):
+        without the goodbye a graceful close sends and waits for. Either way the close goes
+        on even if the caller is cancelled again meanwhile.
         """
-        pooled.driver.terminate()
+        if at_once:
+            pooled.driver.terminate()
 
         async def forget() -> None:
             with contextlib.suppress(Exception):
