@@ -12,12 +12,13 @@ from typing import Any
 
 import httpx
 import pytest
+import sqlalchemy as sa
 
 from agentruns.engine.executor import Executor
 from agentruns.engine.presence import Presence, make_worker_id
 from agentruns.engine.worker import Worker
 from agentruns.errors import LeaseLost, StoreError
-from agentruns.store import events, projects, queue, runs, webhooks, workers
+from agentruns.store import events, projects, queue, runs, tables, webhooks, workers
 from agentruns.store.database import Database
 from agentruns.store.execution import commit_step
 from integration.store_helpers import make_agent, make_project, make_run
@@ -326,3 +327,43 @@ async def test_a_cancelled_run_hangs_up_on_its_model_at_once(db: Database) -> No
                 worker.stop()
                 await task
     assert (await runs.get_run(db, project, run["id"]))["status"] == "cancelled"
+
+
+async def test_runs_of_a_claim_whose_answer_was_lost_are_handed_back_at_once(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The claim ran in the database, but the connection broke before its answer came: the
+    worker hands those runs back instead of leaving them to their leases (30 s here)."""
+    claim = queue.claim_runs_to_execute
+    lost: list[str] = []
+
+    async def claim_losing_the_first_answer(*args: Any) -> Any:
+        claimed = await claim(*args)
+        if claimed and not lost:
+            lost.extend(lease.run_id for lease, _, _ in claimed)
+            raise StoreError("injected: the connection broke before the answer")
+        return claimed
+
+    monkeypatch.setattr(queue, "claim_runs_to_execute", claim_losing_the_first_answer)
+    project = await make_project(db)
+    agent = await make_agent(db, project, model="test")
+    run = await make_run(db, project, agent["id"])
+    async with running_worker(db):
+
+        async def finished() -> bool:
+            return (await runs.get_run(db, project, run["id"]))["status"] == "completed"
+
+        await _until(finished, timeout_s=10)
+    assert lost == [run["id"]]
+    statuses = [
+        e.data["status"] for e in await events.list_events(db, run["id"]) if e.type == "run.status"
+    ]
+    assert statuses == ["queued", "in_progress", "queued", "in_progress", "completed"]
+    # Not the run's fault: the lost claim's attempt is not counted.
+    async with db.read() as conn:
+        attempts = (
+            await conn.execute(
+                sa.select(tables.runs.c.attempts).where(tables.runs.c.id == run["id"])
+            )
+        ).scalar()
+    assert attempts == 1

@@ -114,6 +114,7 @@ class Worker:
         except Exception:
             # A dropped connection, a lock timeout: the queue is still there next poll.
             log.warning("cannot claim a run; retrying", exc_info=True)
+            await self._hand_back_unknown_claims()
             await asyncio.sleep(self.poll_interval_s)
             return False
         for lease, row, history in claimed:
@@ -121,6 +122,24 @@ class Worker:
             task = asyncio.create_task(self._execute(lease, start), name=f"run-{lease.run_id}")
             self._running[lease.token] = (lease, task)
         return len(claimed) == free
+
+    async def _hand_back_unknown_claims(self) -> None:
+        """Hand back the runs the database says this worker holds but it is not executing.
+
+        A claim whose answer was lost (the connection broke after the database ran it) took
+        runs this worker never heard of; they would otherwise wait for their leases to
+        expire, and each lose an attempt.
+        """
+        try:
+            held = await queue.leases_held_by(self.db, self.worker_id)
+            for lease in held:
+                if lease.token not in self._running:
+                    log.warning(
+                        "run %s: claimed, but the answer was lost; handing it back", lease.run_id
+                    )
+                    await queue.release_lease(self.db, lease)
+        except Exception:
+            log.warning("cannot check for lost claims; their leases will expire", exc_info=True)
 
     def _cancelled(self, run_id: str) -> None:
         # Someone cancelled the run: abandon its in-flight model call now. (A scan of the

@@ -188,6 +188,15 @@ async def extend_leases(db: Database, leases: list[Lease], lease_s: float) -> se
         return {row.lease_token for row in result}
 
 
+async def leases_held_by(db: Database, worker_id: str) -> list[Lease]:
+    """The leases of the runs `worker_id` is executing, as the database has them."""
+    held = sa.select(runs.c.id, runs.c.lease_token).where(
+        runs.c.worker_id == worker_id, runs.c.status == "in_progress"
+    )
+    async with db.read() as conn:
+        return [Lease(row.id, row.lease_token, worker_id) for row in await conn.execute(held)]
+
+
 async def release_lease(db: Database, lease: Lease) -> bool:
     """Hand a run back to the queue (graceful shutdown): another worker resumes it."""
     async with db.write() as tx:
