@@ -202,8 +202,8 @@ async def get_pinned_spec(
     """(version, spec) a new run pins: the latest, or the published one (None if none is).
 
     (None, None) when the agent is unknown to this project. With `cached`, the version this
-    process last read may answer instead of the database: only for a caller that checks it
-    as it creates the run (`runs.create_run` with `check_pinned`), since it may be stale.
+    process last read may answer instead of the database: it may be stale, which
+    `runs.create_run` finds out as it inserts the run (`AgentChanged`).
     """
     key = (project_id, agent_id, published)
     if cached and key in _PINNED_CACHE:

@@ -128,7 +128,6 @@ class Database:
         self.notifier = Notifier()
         self.connect_timeout_s = connect_timeout_s
         self.pool_size = pool_size
-        self.pool_timeout_s = pool_timeout_s
         self._listener: PostgresListener | None = None
         self._sqlite: SQLiteConnections | None = None
         self.engine: AsyncEngine | None = None

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping, Sequence
-from types import SimpleNamespace
 from typing import Any
 
-import orjson
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
@@ -26,7 +24,7 @@ from agentruns.store.tables import Time, run_events
 from agentruns.store.transitions import (
     WEBHOOK_STATUSES,
     EventSpec,
-    render_run,
+    render_known_run,
     update_run,
     update_statement,
 )
@@ -85,8 +83,7 @@ def _rendered_events(
     updated_at: float,
 ) -> list[tuple[str, dict[str, Any]]] | None:
     """`events` with the run object in place of each type that stands for it (rendered from
-    `current` and `values`, through JSON as a later read returns it: U+0000 replaced); None
-    when this write needs its transaction."""
+    `current` and `values`); None when this write needs its transaction."""
     if "status" not in values and not any(isinstance(spec, str) for spec in events):
         return [spec for spec in events if not isinstance(spec, str)]
     if current is None:
@@ -94,7 +91,7 @@ def _rendered_events(
     row = {**current, **{k: v for k, v in values.items() if k in current}}
     if row["status"] in WEBHOOK_STATUSES and row["callback_url"]:
         return None
-    run = orjson.loads(dumps_json(render_run(SimpleNamespace(**row, updated_at=updated_at))))
+    run, _ = render_known_run({**row, "updated_at": updated_at})
     return [(spec, run) if isinstance(spec, str) else spec for spec in events]
 
 

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from types import SimpleNamespace
 from typing import Any
 
-import orjson
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -18,7 +16,13 @@ from agentruns.store.messages import append_messages, insert_from_array, next_po
 from agentruns.store.notify import EVENTS_CHANNEL, QUEUE_CHANNEL, RunEvent, events_payload
 from agentruns.store.pagination import page
 from agentruns.store.tables import agents, idempotency_keys, run_events, runs
-from agentruns.store.transitions import TERMINAL_STATUSES, render_run, status_events, update_run
+from agentruns.store.transitions import (
+    TERMINAL_STATUSES,
+    render_known_run,
+    render_run,
+    status_events,
+    update_run,
+)
 
 IDEMPOTENCY_WINDOW_S = 24 * 3600
 # Pre-built: SQLAlchemy spends far longer building a statement than running a built one.
@@ -203,10 +207,7 @@ async def _create_run_in_one_statement(db: Database, new: NewRun) -> dict[str, A
     """A run without an idempotency key on PostgreSQL: one round trip, no BEGIN or COMMIT."""
     ts = now()
     values = _new_row(new, new_id(), ts)
-    # Through JSON and back, as the stored row will read: U+0000 replaced (see
-    # `dumps_json`), so the response and the first event say what a later read says.
-    encoded = dumps_json(render_run(SimpleNamespace(**values, **_UNSET)))
-    run = orjson.loads(encoded)
+    run, encoded = render_known_run({**values, **_UNSET})
     params = {
         **values,
         "messages": [dumps_json(message) for message in new.messages],

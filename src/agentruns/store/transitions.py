@@ -7,14 +7,16 @@ it as their data: what a reader sees in the event is the row as committed.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from types import SimpleNamespace
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB, aggregate_order_by
 
 from agentruns.store.clock import iso, now
-from agentruns.store.database import Tx, without_nul
+from agentruns.store.database import Tx, dumps_json, without_nul
 from agentruns.store.events import Appended, append
 from agentruns.store.tables import runs
 from agentruns.store.webhooks import enqueue_delivery
@@ -120,6 +122,14 @@ def run_object_sql(row: Any) -> sa.ColumnElement[Any]:
     }
     arguments = [part for key, value in fields.items() for part in (sa.literal(key), value)]
     return sa.func.jsonb_build_object(*arguments, type_=JSONB)
+
+
+def render_known_run(columns: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
+    """`render_run` of a row known from its column values instead of read back, and its
+    JSON: through JSON and back, as a later read returns it (U+0000 replaced, see
+    `dumps_json`), so that what is answered or announced now says what a read says later."""
+    encoded = dumps_json(render_run(SimpleNamespace(**columns)))
+    return orjson.loads(encoded), encoded
 
 
 def status_events(status: str) -> list[EventSpec]:
