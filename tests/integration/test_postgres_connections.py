@@ -147,23 +147,32 @@ async def test_warm_up_opens_the_whole_pool_before_any_request(postgres_url: str
         await db.close()
 
 
+class _Holders:
+    """Blocks that each take a connection of `db` and keep it until `release` is set."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.release = asyncio.Event()
+        self.holding = 0  # how many got their connection
+
+    async def hold(self) -> None:
+        async with self.db.read() as conn:
+            await conn.execute(sa.text("SELECT 1"))
+            self.holding += 1
+            await self.release.wait()
+
+    def start(self, count: int) -> list[asyncio.Task[None]]:
+        return [asyncio.create_task(self.hold()) for _ in range(count)]
+
+
 async def test_callers_queue_for_a_free_connection_up_to_the_pool_timeout(
     postgres_url: str,
 ) -> None:
     db = Database(postgres_url, pool_size=2, pool_timeout_s=0.3)
-    release = asyncio.Event()
-    holding = 0
-
-    async def hold() -> None:
-        nonlocal holding
-        async with db.read() as conn:
-            await conn.execute(sa.text("SELECT 1"))
-            holding += 1
-            await release.wait()
-
-    holders = [asyncio.create_task(hold()) for _ in range(2)]
+    blocks = _Holders(db)
+    holders = blocks.start(2)
     try:
-        await _wait(lambda: holding == 2)
+        await _wait(lambda: blocks.holding == 2)
         started = time.monotonic()
         with pytest.raises(StoreError, match=r"no connection free within 0\.3 s"):
             async with db.read():
@@ -171,19 +180,18 @@ async def test_callers_queue_for_a_free_connection_up_to_the_pool_timeout(
         assert 0.25 < time.monotonic() - started < 2
         # A caller cancelled while it waits, and one that waits its turn: neither loses a
         # connection for good.
-        cancelled = asyncio.create_task(hold())
-        waiting = asyncio.create_task(hold())
+        cancelled, waiting = blocks.start(2)
         await asyncio.sleep(0.05)
         cancelled.cancel()
-        release.set()
+        blocks.release.set()
         await asyncio.gather(*holders, waiting)
-        assert holding == 3
+        assert blocks.holding == 3
         for _ in range(3):
             async with db.read() as conn:
                 assert (await conn.execute(sa.text("SELECT 1"))).scalar() == 1
         assert db._connections is not None and db._connections.free == 2
     finally:
-        release.set()
+        blocks.release.set()
         await db.close()
 
 
@@ -246,23 +254,11 @@ async def test_overflow_connections_close_once_the_load_is_gone(postgres_url: st
     db = Database(postgres_url, pool_size=1, max_overflow=2)
     try:
         before = await _backends(postgres_url)
-        held = asyncio.Event()
-        release = asyncio.Event()
-        holding = 0
-
-        async def hold() -> None:
-            nonlocal holding
-            async with db.read() as conn:
-                await conn.execute(sa.text("SELECT 1"))
-                holding += 1
-                if holding == 3:
-                    held.set()
-                await release.wait()
-
-        tasks = [asyncio.create_task(hold()) for _ in range(3)]
-        await asyncio.wait_for(held.wait(), 5)
+        blocks = _Holders(db)
+        tasks = blocks.start(3)
+        await _wait(lambda: blocks.holding == 3, 5)
         assert await _backends(postgres_url) == before + 3
-        release.set()
+        blocks.release.set()
         await asyncio.gather(*tasks)
         # The pool's one connection stays open for the next caller; the two others close.
         deadline = time.monotonic() + 5
@@ -311,20 +307,12 @@ async def test_a_block_cancelled_again_while_its_connection_closes_keeps_its_slo
 
 async def test_connections_returned_after_close_are_closed(postgres_url: str) -> None:
     db = Database(postgres_url, pool_size=2)
-    release = asyncio.Event()
-    started = asyncio.Event()
-
-    async def hold() -> None:
-        async with db.read() as conn:
-            await conn.execute(sa.text("SELECT 1"))
-            started.set()
-            await release.wait()
-
+    blocks = _Holders(db)
     before = await _backends(postgres_url)
-    task = asyncio.create_task(hold())
-    await asyncio.wait_for(started.wait(), 5)
+    [task] = blocks.start(1)
+    await _wait(lambda: blocks.holding == 1, 5)
     await db.close()  # while a block still holds a connection
-    release.set()
+    blocks.release.set()
     await task
     deadline = time.monotonic() + 5
     while await _backends(postgres_url) > before:
