@@ -332,7 +332,12 @@ def test_a_crash_during_a_tool_call_fails_it_unless_the_tool_is_idempotent(
     run_again = api.ok("POST", "/v1/agent-runs", json={"agent_id": again["id"]})
 
     deadline = time.monotonic() + 15
-    while sorted(state.paths()) != ["/slow/a", "/slow/b"]:
+    while (
+        sorted(state.paths()) != ["/slow/a", "/slow/b"]
+        or not api.ok("GET", f"/v1/agent-runs/{run_again['id']}")["results"]
+    ):
+        # The idempotent call may start a moment before its `tool_call.started` is written
+        # (with the model's reply): the crash must come after, to find a call started.
         assert time.monotonic() < deadline, state.paths()
         time.sleep(0.05)
     tools_server.kill()  # both calls are in flight

@@ -17,7 +17,9 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import ARRAY
 
+from agentruns.engine import executor as executor_module
 from agentruns.engine.executor import Executor
+from agentruns.engine.tools.builtin import GetCurrentTime
 from agentruns.engine.worker import Worker
 from agentruns.errors import LeaseLost
 from agentruns.store import events, messages, queue, runs, tables
@@ -235,10 +237,13 @@ LOOKUP = {
 TIME = {"type": "builtin", "name": "get_current_time"}
 
 
-async def _run_to_rest(db: Database, project: str, run_id: str) -> dict[str, Any]:
+async def _run_to_rest(
+    db: Database, project: str, run_id: str, flush_interval_s: float = 0.005
+) -> dict[str, Any]:
     """Execute the run with a worker until it completes, fails or pauses; the run then."""
     async with httpx.AsyncClient() as http:
-        worker = Worker(db, Executor(db, http=http, default_model="test"), poll_interval_s=0.05)
+        executor = Executor(db, http=http, default_model="test", flush_interval_s=flush_interval_s)
+        worker = Worker(db, executor, poll_interval_s=0.05)
         task = asyncio.create_task(worker.run())
         try:
             with db.notifier.watch_run(run_id) as watch:
@@ -347,3 +352,84 @@ async def test_times_render_in_sql_as_in_python(postgres_url: str) -> None:
         await db.close()
     assert len(rendered) == len(values)
     assert [text for _, text in rendered] == [iso(x) for x, _ in rendered]
+
+
+@pytest.mark.parametrize(
+    ("idempotent", "delay_s", "joined"),
+    [(True, 0.0, True), (True, 0.2, False), (False, 0.0, False)],
+    ids=["quick-idempotent", "slow-idempotent", "not-idempotent"],
+)
+async def test_a_quick_idempotent_tool_is_written_with_the_reply(
+    db: Database,
+    monkeypatch: pytest.MonkeyPatch,
+    idempotent: bool,
+    delay_s: float,
+    joined: bool,
+) -> None:
+    """A tool that may run twice starts as soon as the model asks for it, and its output
+    joins the reply's write if it answers within the flush interval. Any other call runs
+    only once its `tool_call.started` is committed, as a crash must find it then."""
+    happened: list[Any] = []
+    real_commit, real_call = executor_module.commit_step, GetCurrentTime.call
+
+    async def commit_step(*args: Any, **kwargs: Any) -> None:
+        await real_commit(*args, **kwargs)
+        # An event is a (type, data) pair, or a status event's type alone.
+        happened.append([e if isinstance(e, str) else e[0] for e in kwargs["events"]])
+
+    async def call(tool: GetCurrentTime, arguments: dict[str, Any]) -> str:
+        happened.append("called")
+        await asyncio.sleep(delay_s)
+        return await real_call(tool, arguments)
+
+    monkeypatch.setattr(executor_module, "commit_step", commit_step)
+    monkeypatch.setattr(GetCurrentTime, "call", call)
+    monkeypatch.setattr(GetCurrentTime, "idempotent", idempotent)
+    project = await make_project(db)
+    agent = await make_agent(db, project, model="test", tools=[TIME])
+    created = await make_run(db, project, agent["id"], "what time is it?")
+    run = await _run_to_rest(db, project, created["id"])
+
+    assert run["status"] == "completed"
+    reply = ["message.completed", "tool_call.started"]
+    if joined:
+        expected = ["called", [*reply, "tool_call.completed"]]
+    elif idempotent:
+        expected = ["called", reply, ["tool_call.completed"]]
+    else:
+        expected = [reply, "called", ["tool_call.completed"]]
+    assert happened[: len(expected)] == expected
+    assert happened.count("called") == 1 and happened[-1][-1] == "run.completed"
+    log = [e.type for e in await events.list_events(db, run["id"])]
+    assert log.count("tool_call.started") == log.count("tool_call.completed") == 1
+    output = next(r for r in run["results"] if r["type"] == "tool_output")
+    assert output["is_error"] is False and output["duration_ms"] >= round(delay_s * 1000)
+
+
+@pytest.mark.parametrize("flush_interval_s", [0.005, 10.0], ids=["announced", "unannounced"])
+async def test_a_tool_started_early_is_stopped_with_its_run(
+    db: Database, monkeypatch: pytest.MonkeyPatch, flush_interval_s: float
+) -> None:
+    """The run's timeout strikes while a call started before its announcement still runs,
+    either after the reply's write or still waiting to join it: the call is cancelled with
+    the run, not left behind."""
+    happened: list[str] = []
+
+    async def call(tool: GetCurrentTime, arguments: dict[str, Any]) -> str:
+        happened.append("called")
+        try:
+            await asyncio.sleep(4)
+        except asyncio.CancelledError:
+            happened.append("cancelled")
+            raise
+        return "too late"
+
+    monkeypatch.setattr(GetCurrentTime, "call", call)
+    project = await make_project(db)
+    agent = await make_agent(db, project, model="test", tools=[TIME])
+    created = await make_run(db, project, agent["id"], "what time is it?", timeout_s=0.3)
+    run = await _run_to_rest(db, project, created["id"], flush_interval_s)
+    assert run["status"] == "failed" and run["error"]["type"] == "timeout", run
+    assert happened == ["called", "cancelled"]
+    log = [e.type for e in await events.list_events(db, run["id"])]
+    assert ("tool_call.started" in log) is (flush_interval_s < 0.3)

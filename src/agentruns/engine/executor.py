@@ -143,6 +143,42 @@ class _Flushes:
         return self.last + self.interval if self.progress.pending_delta else None
 
 
+@dataclass(frozen=True, slots=True)
+class _ToolOutcome:
+    output: str
+    is_error: bool
+    duration_ms: int | None = None  # server-side calls; a client's own calls are not timed
+
+
+@dataclass(frozen=True, slots=True)
+class _ToolAnswer:
+    """What a tool call's output adds to the run: a result, an event, a message."""
+
+    result: dict[str, Any]
+    event: tuple[str, dict[str, Any]]
+    message: dict[str, Any]
+
+    @classmethod
+    def of(cls, call: dict[str, Any], outcome: _ToolOutcome) -> _ToolAnswer:
+        completed = {**call, "output": outcome.output, "is_error": outcome.is_error}
+        result: dict[str, Any] = {
+            "type": "tool_output",
+            "tool_call_id": call["id"],
+            "name": call["name"],
+            "output": outcome.output,
+        }
+        if outcome.duration_ms is not None:
+            completed["duration_ms"] = result["duration_ms"] = outcome.duration_ms
+            result["is_error"] = outcome.is_error
+        message = {
+            "role": "tool",
+            "tool_call_id": call["id"],
+            "name": call["name"],
+            "content": outcome.output,
+        }
+        return cls(result, ("tool_call.completed", completed), message)
+
+
 def unanswered_tool_calls(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Tool calls of the last assistant message that have no tool message yet."""
     answered: set[str] = set()
@@ -330,7 +366,13 @@ class Executor:
         calls: list[ToolCall],
         usage: Usage,
     ) -> None:
-        """Write the model's reply, and the run's completion if it asked for no tool."""
+        """Write the model's reply, and the run's completion if it asked for no tool.
+
+        A first call to a server-side tool that may safely run twice starts at once, and
+        if it answers within the flush interval its output joins the reply's write: a quick
+        tool then costs the run one write, not two. Had the worker died meanwhile, the run
+        would ask the model again and call the tool again, which such a tool allows.
+        """
         tool_calls = [{"id": c.id, "name": c.name, "arguments": c.arguments} for c in calls]
         message: dict[str, Any] = {"role": "assistant", "content": content or None}
         if tool_calls:
@@ -342,9 +384,12 @@ class Executor:
         # The first call is about to run if it is a server-side one: saying so in this
         # commit spares the run a write of its own just before the call.
         announced = None
+        early: asyncio.Task[_ToolOutcome] | None = None
         if tool_calls and not toolset.is_client_tool(tool_calls[0]["name"]):
             announced = tool_calls[0]
             events.append(("tool_call.started", announced))
+            if self._may_start_early(toolset, announced):
+                early = asyncio.ensure_future(self._timed_call(toolset, announced))
         results = list(progress.results)
         if content:
             results.append({"type": "message", "role": "assistant", "content": content})
@@ -364,15 +409,34 @@ class Executor:
                 RELEASED, status="completed", last_agent_message=content, completed_at=now()
             )
             events.extend(status_events("completed"))
+        messages = [message]
 
         def committed() -> None:
             progress.pending_delta.clear()
-            progress.results, progress.usage = results, usage_total
+            progress.results, progress.usage = values["results"], usage_total
             progress.turn_steps += 1
             progress.finished = not tool_calls
             progress.announced_call = None if announced is None else announced["id"]
 
-        await self._commit(progress, values, events, [message], then=committed)
+        try:
+            if early is not None:
+                await asyncio.wait((early,), timeout=self.flush_interval_s)
+                if early.done():
+                    assert announced is not None
+                    answer = _ToolAnswer.of(announced, early.result())
+                    values["results"] = [*results, answer.result]
+                    events.append(answer.event)
+                    messages.append(answer.message)
+                    announced = None  # answered, not just announced
+            await self._commit(progress, values, events, messages, then=committed)
+            if early is not None and not early.done():
+                assert announced is not None
+                answer = _ToolAnswer.of(announced, await early)
+                progress.announced_call = None
+                await self._commit_tool_answer(progress, answer)
+        finally:
+            if early is not None and not early.done():
+                early.cancel()
 
     async def _flush_delta(self, progress: RunProgress) -> None:
         delta = "".join(progress.pending_delta)
@@ -429,49 +493,37 @@ class Executor:
             progress.announced_call = None
         else:
             await self._commit(progress, events=[("tool_call.started", call)])
-        started = asyncio.get_running_loop().time()
+        answer = _ToolAnswer.of(call, await self._timed_call(toolset, call))
+        await self._commit_tool_answer(progress, answer)
+
+    def _may_start_early(self, toolset: Toolset, call: dict[str, Any]) -> bool:
+        """Whether `call` may run before the write that announces it (see `_commit_reply`)."""
+        tool = toolset.server.get(call["name"])
+        # No such tool: the call only gets an error back, which has no side effect.
+        return self.flush_interval_s > 0 and (tool is None or tool.idempotent)
+
+    async def _timed_call(self, toolset: Toolset, call: dict[str, Any]) -> _ToolOutcome:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         output, is_error = await self._call_tool(toolset, call)
-        duration_ms = round((asyncio.get_running_loop().time() - started) * 1000)
-        await self._record_tool_output(
-            progress, call, output, is_error=is_error, duration_ms=duration_ms
-        )
+        return _ToolOutcome(output, is_error, round((loop.time() - started) * 1000))
 
     async def _record_tool_output(
-        self,
-        progress: RunProgress,
-        call: dict[str, Any],
-        output: str,
-        *,
-        is_error: bool,
-        duration_ms: int | None = None,
+        self, progress: RunProgress, call: dict[str, Any], output: str, *, is_error: bool
     ) -> None:
-        completed = {**call, "output": output, "is_error": is_error}
-        result: dict[str, Any] = {
-            "type": "tool_output",
-            "tool_call_id": call["id"],
-            "name": call["name"],
-            "output": output,
-        }
-        if duration_ms is not None:  # server-side calls; a client's own calls are not timed
-            completed["duration_ms"] = result["duration_ms"] = duration_ms
-            result["is_error"] = is_error
-        results = [*progress.results, result]
-        tool_message = {
-            "role": "tool",
-            "tool_call_id": call["id"],
-            "name": call["name"],
-            "content": output,
-        }
+        """The answer to a client-side call refused here (never sent to the client)."""
+        await self._commit_tool_answer(
+            progress, _ToolAnswer.of(call, _ToolOutcome(output, is_error))
+        )
+
+    async def _commit_tool_answer(self, progress: RunProgress, answer: _ToolAnswer) -> None:
+        results = [*progress.results, answer.result]
 
         def committed() -> None:
             progress.results = results
 
         await self._commit(
-            progress,
-            {"results": results},
-            [("tool_call.completed", completed)],
-            [tool_message],
-            then=committed,
+            progress, {"results": results}, [answer.event], [answer.message], then=committed
         )
 
     async def _call_tool(self, toolset: Toolset, call: dict[str, Any]) -> tuple[str, bool]:
