@@ -8,6 +8,7 @@ from agentruns.api.routes.events import _contiguous
 from agentruns.store.notify import (
     MAX_PAYLOAD_EVENTS_BYTES,
     RunEvent,
+    RunWatch,
     events_payload,
     parse_events_payload,
 )
@@ -44,6 +45,20 @@ def test_a_reader_takes_pushed_events_only_without_gaps() -> None:
     assert _contiguous([one, two], 0) == [one, two]
     # Heard twice (directly and from the database), in any order: each is sent once.
     assert _contiguous([two, three, two, three], 1) == [two, three]
-    assert _contiguous([one, two], 2) is None  # nothing new
+    # Nothing new (pushed after a read returned them): nothing to send, nothing to read.
+    assert _contiguous([one, two], 2) == []
     assert _contiguous([three], 1) is None  # a gap: read the table instead
     assert _contiguous([two, three], 0) is None
+    assert _contiguous([], 0) is None  # none pushed: a poll, which reads
+    assert _contiguous(None, 0) is None  # a wake-up without its events
+
+
+def test_a_wake_up_without_its_events_makes_the_reader_read() -> None:
+    watch = RunWatch()
+    one = RunEvent(1, "message.delta", {"delta": "1"})
+    watch.notify([one])
+    assert watch.take() == [one]
+    watch.notify([one])
+    watch.notify(None)  # too large to carry, or notifications were missed
+    assert watch.woken.is_set() and watch.take() is None
+    assert not watch.woken.is_set() and watch.take() == []

@@ -108,9 +108,13 @@ class RunStart:
         )
 
 
-@dataclass
+@dataclass(slots=True)
 class RunProgress:
-    """The executing worker's copy of what it owns: it alone writes these fields."""
+    """The executing worker's copy of what it owns: it alone writes these fields.
+
+    Slotted, and with nothing allocated for what is usually empty: thousands of runs may
+    be waiting for their model at once, each holding one.
+    """
 
     lease: Lease
     start: RunStart
@@ -121,7 +125,7 @@ class RunProgress:
     finished: bool = False
     pending_delta: list[str] = field(default_factory=list)
     # Server-side calls a lost worker started but never answered: their outcome is unknown.
-    interrupted: set[str] = field(default_factory=set)
+    interrupted: frozenset[str] = frozenset()
     tool_response_timeout_s: float | None = None
     # The call whose `tool_call.started` went out with the message that asked for it.
     announced_call: str | None = None
@@ -234,7 +238,7 @@ class Executor:
             open_calls = unanswered_tool_calls(progress.messages)
             if open_calls:
                 started = await events.tool_calls_started_since_last_message(self.db, lease.run_id)
-                progress.interrupted = {c["id"] for c in open_calls if c["id"] in started}
+                progress.interrupted = frozenset(c["id"] for c in open_calls if c["id"] in started)
             remaining = start.turn_deadline - now()
             if remaining <= 0:
                 raise TimeoutError
@@ -475,7 +479,7 @@ class Executor:
         self, progress: RunProgress, toolset: Toolset, call: dict[str, Any]
     ) -> None:
         if call["id"] in progress.interrupted:
-            progress.interrupted.discard(call["id"])
+            progress.interrupted -= {call["id"]}
             tool = toolset.server.get(call["name"])
             if tool is None or not tool.idempotent:
                 # Running it again could repeat a side effect (a payment, an email): the

@@ -55,10 +55,14 @@ class Worker:
         self._stopping = asyncio.Event()
         # Set while every slot is taken: the next run to finish then wakes the claim loop.
         self._slot_wanted: asyncio.Event | None = None
+        # What the claim loop waits on between claims.
+        self._wake: asyncio.Event | None = None
 
     def stop(self) -> None:
         """Ask the worker to stop claiming and shut down gracefully."""
         self._stopping.set()
+        if self._wake is not None:
+            self._wake.set()
 
     async def run(self) -> None:
         log.info("worker %s started (concurrency %d)", self.worker_id, self.concurrency)
@@ -81,6 +85,7 @@ class Worker:
 
     async def _claim_loop(self) -> None:
         with self.db.notifier.watch_queue() as wake:
+            self._wake = wake
             while not self._stopping.is_set():
                 wake.clear()
                 if len(self._running) >= self.concurrency:
@@ -90,16 +95,11 @@ class Worker:
                     # claimed whole before any claimed run starts or any request is served.
                     await asyncio.sleep(0)
                     continue
+                # Awaited directly, not through a task of its own: a notification then
+                # reaches the claim in one turn of the loop. `stop()` sets `wake` too.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wait_any(wake), self.poll_interval_s)
-
-    async def _wait_any(self, wake: asyncio.Event) -> None:
-        waiters = [asyncio.ensure_future(wake.wait()), asyncio.ensure_future(self._stopping.wait())]
-        try:
-            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for waiter in waiters:
-                waiter.cancel()
+                    async with asyncio.timeout(self.poll_interval_s):
+                        await wake.wait()
 
     async def _claim_some(self) -> bool:
         """Claim up to `CLAIM_BATCH` runs for the free slots and start them.

@@ -71,20 +71,25 @@ class RunWatch:
     """What one reader of a run is told: a wake-up, and the events that came with it
     (committed in this process, or carried by another process's notification)."""
 
-    __slots__ = ("pushed", "woken")
+    __slots__ = ("pushed", "uncarried", "woken")
 
     def __init__(self) -> None:
         self.woken = asyncio.Event()
         self.pushed: list[RunEvent] = []
+        self.uncarried = False  # a wake-up came without its events
 
     def notify(self, events: list[RunEvent] | None) -> None:
         if events:
             self.pushed.extend(events)
+        else:
+            self.uncarried = True
         self.woken.set()
 
-    def take(self) -> list[RunEvent]:
-        """The events pushed since the last call (possibly none), and re-arm the wake-up."""
-        pushed, self.pushed = self.pushed, []
+    def take(self) -> list[RunEvent] | None:
+        """The events pushed since the last call (possibly none), or None if a wake-up
+        since then came without its events, which must then be read; re-arms the wake-up."""
+        pushed = None if self.uncarried else self.pushed
+        self.pushed, self.uncarried = [], False
         self.woken.clear()
         return pushed
 

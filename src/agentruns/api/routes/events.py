@@ -45,12 +45,17 @@ def format_event(event: RunEvent) -> bytes:
     )
 
 
-def _contiguous(pushed: list[RunEvent], after: int) -> list[RunEvent] | None:
-    """The pushed events that follow `after` without a gap, or None if they can't be trusted.
+def _contiguous(pushed: list[RunEvent] | None, after: int) -> list[RunEvent] | None:
+    """The pushed events that follow `after` without a gap (none if every one was sent
+    already), or None if the table must be read: a gap, a wake-up that came without its
+    events, or none pushed at all (a poll).
 
     The same events may be pushed twice (on PostgreSQL a process hears its own writes
-    both directly and from the database), and in either order.
+    both directly and from the database), and in either order; and an event the first
+    read returned may be pushed after it, having been committed while it ran.
     """
+    if not pushed:
+        return None
     fresh = []
     for event in sorted(pushed, key=attrgetter("seq")):
         if event.seq <= after:
@@ -59,7 +64,7 @@ def _contiguous(pushed: list[RunEvent], after: int) -> list[RunEvent] | None:
             return None
         fresh.append(event)
         after = event.seq
-    return fresh or None
+    return fresh
 
 
 async def event_stream(
