@@ -16,6 +16,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
+from agentruns.engine.deadline import Deadline
 from agentruns.engine.models import resolve_model
 from agentruns.engine.models.base import Model, TextDelta, ToolCall, Usage
 from agentruns.engine.models.retrying import stream_with_retries
@@ -242,7 +243,7 @@ class Executor:
             remaining = start.turn_deadline - now()
             if remaining <= 0:
                 raise TimeoutError
-            async with asyncio.timeout(remaining):
+            async with Deadline(asyncio.get_running_loop().time() + remaining):
                 await self._loop(progress, spec, start.project_id, start.bundle)
         except LeaseLost:
             log.info("run %s: lease lost (cancelled or taken over)", lease.run_id)
@@ -649,7 +650,7 @@ async def _uninterruptible(write: Coroutine[Any, Any, None]) -> None:
             await asyncio.shield(task)  # unlike `await task`, cancelling this spares the task
         except asyncio.CancelledError:
             # Even if the write has finished by now: the cancellation is the caller's to see
-            # (swallowed, a run's `asyncio.timeout` would never fire).
+            # (swallowed, a run's `Deadline` would never fire).
             cancelled = True
         except Exception:
             pass  # the write failed: raised below
