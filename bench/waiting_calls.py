@@ -11,6 +11,7 @@ the one to read).
 
     python bench/waiting_calls.py                  # 2,000 runs
     python bench/waiting_calls.py --runs 1000 --trace
+    python bench/waiting_calls.py --after-tool     # waiting for the second call instead
 """
 
 from __future__ import annotations
@@ -88,6 +89,11 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=2000)
     parser.add_argument("--trace", action="store_true", help="tracemalloc, by source line")
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument(
+        "--after-tool",
+        action="store_true",
+        help="hold the second model call (after the tool) instead of the first",
+    )
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="agentruns-waiting-"))
     model = FakeModel()
@@ -100,7 +106,10 @@ def main() -> None:
     }
     api = ServerProcess(workdir, env=env, args=["serve", "--no-worker"]).start()
     try:
-        model.configure(first_token_delay_s=60)
+        if args.after_tool:
+            model.configure(first_token_delay_s=0, first_token_delay_after_tool_s=60)
+        else:
+            model.configure(first_token_delay_s=60)
 
         async def queue() -> None:
             async with client_for(Service(api), 32) as client:

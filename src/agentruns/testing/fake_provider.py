@@ -34,6 +34,9 @@ class FakeConfig:
     mode: str = "echo"
     token_delay_s: float = 0.0
     first_token_delay_s: float = 0.0
+    # For a conversation with tool outputs since the user's message (None: as above): a
+    # benchmark can hold runs in their second model call, where they hold the most.
+    first_token_delay_after_tool_s: float | None = None
     # Benchmarks send thousands of requests: they switch recording off.
     record_requests: bool = True
 
@@ -137,6 +140,7 @@ class FakeProviderState:
         mode: str | None = None,
         token_delay_s: float | None = None,
         first_token_delay_s: float | None = None,
+        first_token_delay_after_tool_s: float | None = None,
         record_requests: bool | None = None,
     ) -> None:
         if mode is not None:
@@ -147,6 +151,10 @@ class FakeProviderState:
             self.config.token_delay_s = float(token_delay_s)
         if first_token_delay_s is not None:
             self.config.first_token_delay_s = float(first_token_delay_s)
+        if first_token_delay_after_tool_s is not None:
+            # A negative value switches it off (the control route's JSON has no None to give).
+            after_tool = float(first_token_delay_after_tool_s)
+            self.config.first_token_delay_after_tool_s = after_tool if after_tool >= 0 else None
         if record_requests is not None:
             self.config.record_requests = bool(record_requests)
 
@@ -173,9 +181,13 @@ class FakeProviderState:
         return self._scripted_reply(scripted, conversation)
 
     def _default_reply(self, conversation: Conversation) -> Reply:
+        first_token_delay_s = self.config.first_token_delay_s
+        after_tool = self.config.first_token_delay_after_tool_s
+        if after_tool is not None and conversation.tool_outputs_since_user:
+            first_token_delay_s = after_tool
         reply = Reply(
             token_delay_s=self.config.token_delay_s,
-            first_token_delay_s=self.config.first_token_delay_s,
+            first_token_delay_s=first_token_delay_s,
             input_tokens=conversation.input_words,
         )
         if self.config.mode == "echo":
@@ -289,6 +301,7 @@ def control_routes(state: FakeProviderState) -> list[Route]:
                 mode=data.get("mode"),
                 token_delay_s=data.get("token_delay_s"),
                 first_token_delay_s=data.get("first_token_delay_s"),
+                first_token_delay_after_tool_s=data.get("first_token_delay_after_tool_s"),
                 record_requests=data.get("record_requests"),
             )
         except ValueError as exc:
