@@ -88,3 +88,10 @@ async def test_an_error_of_the_stream_reaches_the_reader(with_deadline: bool) ->
             seen.append(event)
     assert seen == ["a"]
     assert stream.closed
+
+
+async def test_a_first_event_given_comes_before_the_stream() -> None:
+    stream = Stream(["b", "c"], [0, 0])
+    async with contextlib.aclosing(with_deadlines(stream.run(), lambda: None, "a")) as events:
+        assert [event async for event in events] == ["a", "b", "c"]
+    assert stream.closed

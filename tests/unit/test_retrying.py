@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -15,7 +16,11 @@ from agentruns.engine.models.base import (
     ToolDefinition,
     Usage,
 )
-from agentruns.engine.models.retrying import backoff_delay, stream_with_retries
+from agentruns.engine.models.retrying import (
+    backoff_delay,
+    open_with_retries,
+    stream_with_retries,
+)
 from agentruns.errors import ModelError
 
 ANSWER: list[ModelEvent] = [TextDelta("hi"), Usage(1, 1), Finish("stop")]
@@ -141,3 +146,36 @@ def test_backoff_grows_exponentially_up_to_the_cap() -> None:
     for attempt, ceiling in [(1, 0.5), (2, 1.0), (3, 2.0), (4, 4.0), (5, 8.0), (9, 8.0)]:
         delay = backoff_delay(attempt, base_delay_s=0.5, max_delay_s=8.0)
         assert ceiling / 2 <= delay <= ceiling
+
+
+async def test_opening_waits_for_the_first_event_and_hands_over_the_rest() -> None:
+    model = ScriptedModel([transient()], ANSWER)
+    sleeps = Sleeps()
+    first, stream = await open_with_retries(model, [], [], {}, sleep=sleeps)
+    assert first == ANSWER[0] and model.calls == 2 and model.closed == 1
+    assert [event async for event in stream] == ANSWER[1:]
+    assert len(sleeps) == 1 and model.closed == 2
+
+
+async def test_a_wait_for_the_first_event_cancelled_closes_the_stream() -> None:
+    model = SlowModel()
+    opening = asyncio.ensure_future(open_with_retries(model, [], [], {}))
+    await asyncio.sleep(0.05)
+    opening.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await opening
+    assert model.closed
+
+
+class SlowModel:
+    name = "slow"
+    closed = False
+
+    async def stream(
+        self, messages: list[Message], tools: list[ToolDefinition], settings: dict[str, Any]
+    ) -> AsyncIterator[ModelEvent]:
+        try:
+            await asyncio.sleep(10)
+            yield TextDelta("too late")
+        finally:
+            self.closed = True

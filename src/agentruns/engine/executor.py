@@ -16,10 +16,10 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
-from agentruns.engine.deadline import Deadline
+from agentruns.engine.deadline import Deadlines
 from agentruns.engine.models import resolve_model
 from agentruns.engine.models.base import Model, TextDelta, ToolCall, Usage
-from agentruns.engine.models.retrying import stream_with_retries
+from agentruns.engine.models.retrying import open_with_retries
 from agentruns.engine.models.transport import ModelClient
 from agentruns.engine.pacing import with_deadlines
 from agentruns.engine.tools import (
@@ -46,6 +46,9 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_STEPS = 20
 DEFAULT_TOOL_RESPONSE_TIMEOUT_S = 24 * 3600
 RELEASED = {"worker_id": None, "lease_token": None, "lease_until": None, "turn_deadline": None}
+# A new run's usage, one object for all of them: usage is replaced at each step, never
+# changed in place.
+NO_USAGE: dict[str, Any] = {"requests": 0, "input_tokens": 0, "output_tokens": 0}
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,12 +88,13 @@ class RunStart:
     @classmethod
     def of(cls, row: Any, messages: list[dict[str, Any]]) -> RunStart:
         return cls(
-            agent_id=row.agent_id,
+            # Shared by the runs of one agent rather than one copy each.
+            agent_id=sys.intern(row.agent_id),
             agent_version=row.agent_version,
-            project_id=row.project_id,
-            bundle=row.bundle,
+            project_id=sys.intern(row.project_id),
+            bundle=row.bundle and sys.intern(row.bundle),
             results=row.results,
-            usage=row.usage,
+            usage=NO_USAGE if row.usage == NO_USAGE else row.usage,
             turn_steps=row.turn_steps,
             turn_deadline=row.turn_deadline,
             timeout_s=row.timeout_s,
@@ -214,6 +218,7 @@ class Executor:
         self.default_model = default_model
         self.flush_interval_s = flush_interval_s
         self.tools = tools or ToolRuntime()
+        self.deadlines = Deadlines()  # the runs' timeouts, on one timer
         self._models: dict[tuple[Any, ...], Model] = {}
 
     async def aclose(self) -> None:
@@ -243,7 +248,7 @@ class Executor:
             remaining = start.turn_deadline - now()
             if remaining <= 0:
                 raise TimeoutError
-            async with Deadline(asyncio.get_running_loop().time() + remaining):
+            async with self.deadlines.at(asyncio.get_running_loop().time() + remaining):
                 await self._loop(progress, spec, start.project_id, start.bundle)
         except LeaseLost:
             log.info("run %s: lease lost (cancelled or taken over)", lease.run_id)
@@ -345,8 +350,13 @@ class Executor:
         calls: list[ToolCall] = []
         usage = Usage()
         flushes = _Flushes(progress, self.flush_interval_s, loop.time())
-        stream = stream_with_retries(model, progress.messages, toolset.definitions, settings)
-        async with contextlib.aclosing(with_deadlines(stream, flushes.due)) as stream_events:
+        # The first event is awaited before the stream is wrapped: most of a call's life
+        # is spent waiting for it, and thousands of calls may be waiting at once.
+        first, stream = await open_with_retries(
+            model, progress.messages, toolset.definitions, settings
+        )
+        paced = with_deadlines(stream, flushes.due, first)
+        async with contextlib.aclosing(paced) as stream_events:
             async for event in stream_events:
                 if event is None or isinstance(event, TextDelta):
                     # A delta is written at once, unless the last write was less than the flush
@@ -650,7 +660,7 @@ async def _uninterruptible(write: Coroutine[Any, Any, None]) -> None:
             await asyncio.shield(task)  # unlike `await task`, cancelling this spares the task
         except asyncio.CancelledError:
             # Even if the write has finished by now: the cancellation is the caller's to see
-            # (swallowed, a run's `Deadline` would never fire).
+            # (swallowed, a run's deadline would never fire).
             cancelled = True
         except Exception:
             pass  # the write failed: raised below

@@ -63,9 +63,10 @@ class _Pump:
 
 
 async def with_deadlines(
-    stream: AsyncIterator[T], deadline: Callable[[], float | None]
+    stream: AsyncIterator[T], deadline: Callable[[], float | None], first: T | None = None
 ) -> AsyncGenerator[T | None, None]:
-    """The events of `stream`; None whenever `deadline()` (a loop time) passes first.
+    """`first` if given, then the events of `stream`; None whenever `deadline()` (a loop
+    time) passes first.
 
     Until there is a deadline the stream is read directly; from the first one on, by a
     task of its own that keeps reading while the consumer handles an event. The stream is
@@ -73,9 +74,12 @@ async def with_deadlines(
     """
     # Most of a model call's life is spent waiting for its first token, when nothing is
     # held back and there is no deadline: no task for that part, and no closures (thousands
-    # of calls can be in flight; a task with its frames weighs about 1 KB).
+    # of calls can be in flight; a task with its frames weighs about 1 KB). The executor
+    # goes further: it waits for the first event before this generator exists at all.
     pump: _Pump | None = None
     try:
+        if first is not None:
+            yield first
         while deadline() is None:
             try:
                 event = await anext(stream)
