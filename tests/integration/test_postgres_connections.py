@@ -174,7 +174,7 @@ async def test_callers_queue_for_a_free_connection_up_to_the_pool_timeout(
     try:
         await _wait(lambda: blocks.holding == 2)
         started = time.monotonic()
-        with pytest.raises(StoreError, match=r"no connection free within 0\.3 s"):
+        with pytest.raises(StoreError, match=r"no connection came free within 0\.3 s"):
             async with db.read():
                 pass
         assert 0.25 < time.monotonic() - started < 2
@@ -192,6 +192,49 @@ async def test_callers_queue_for_a_free_connection_up_to_the_pool_timeout(
         assert db._connections is not None and db._connections.free == 2
     finally:
         blocks.release.set()
+        await db.close()
+
+
+async def test_a_queue_that_moves_is_waited_in_past_the_pool_timeout(postgres_url: str) -> None:
+    """A burst (thousands of runs whose model answered at once) queues longer than the pool
+    timeout; no caller fails while connections keep coming free."""
+    db = Database(postgres_url, pool_size=1, pool_timeout_s=0.3)
+    served: list[float] = []
+    started = time.monotonic()
+
+    async def write_a_while() -> None:
+        async with db.read() as conn:
+            await conn.execute(sa.text("SELECT pg_sleep(0.1)"))
+            served.append(time.monotonic() - started)
+
+    try:
+        await asyncio.gather(*(write_a_while() for _ in range(8)))
+        assert len(served) == 8 and served[-1] > 0.6  # the last waited twice the timeout
+    finally:
+        await db.close()
+
+
+async def test_heartbeats_do_not_queue_behind_the_others(postgres_url: str) -> None:
+    db = Database(postgres_url, pool_size=2, pool_timeout_s=5)
+    blocks = _Holders(db)
+    holders = blocks.start(2)
+    queued = blocks.start(3)  # run writes waiting their turn
+    try:
+        await _wait(lambda: blocks.holding == 2)
+        async with asyncio.timeout(2):
+            async with db.write(priority=True) as tx:
+                assert (await tx.conn.execute(sa.text("SELECT 1"))).scalar() == 1
+        # One connection more than the pool's, and only one: a second priority block waits
+        # for it (or for any other).
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.5):
+                async with db.write(priority=True), db.write(priority=True):
+                    pass
+        assert blocks.holding == 2
+    finally:
+        blocks.release.set()
+        await asyncio.gather(*holders, *queued)
+        assert blocks.holding == 5
         await db.close()
 
 

@@ -16,7 +16,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
-from agentruns.engine.deadline import Deadlines
+from agentruns.deadlines import Deadlines
 from agentruns.engine.models import resolve_model
 from agentruns.engine.models.base import Model, TextDelta, ToolCall, Usage
 from agentruns.engine.models.retrying import open_with_retries
@@ -346,15 +346,17 @@ class Executor:
         self, progress: RunProgress, model: Model, toolset: Toolset, settings: dict[str, Any]
     ) -> None:
         loop = asyncio.get_running_loop()
-        text: list[str] = []
-        calls: list[ToolCall] = []
-        usage = Usage()
-        flushes = _Flushes(progress, self.flush_interval_s, loop.time())
-        # The first event is awaited before the stream is wrapped: most of a call's life
-        # is spent waiting for it, and thousands of calls may be waiting at once.
+        started = loop.time()
+        # The first event is awaited before the stream is wrapped, and before anything the
+        # rest of the call needs is made: most of a call's life is spent waiting for it,
+        # and thousands of calls may be waiting at once.
         first, stream = await open_with_retries(
             model, progress.messages, toolset.definitions, settings
         )
+        text: list[str] = []
+        calls: list[ToolCall] = []
+        usage = Usage()
+        flushes = _Flushes(progress, self.flush_interval_s, started)
         paced = with_deadlines(stream, flushes.due, first)
         async with contextlib.aclosing(paced) as stream_events:
             async for event in stream_events:

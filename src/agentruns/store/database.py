@@ -109,8 +109,9 @@ class Database:
     """One per process: owns the connections and the in-process notifier.
 
     On PostgreSQL, `pool_size` connections are kept open and up to `max_overflow` more are
-    opened under load; a caller waits at most `pool_timeout_s` for one, and opening one
-    gives up after `connect_timeout_s`. Both then raise `StoreError` (the API answers 503).
+    opened under load, plus one for heartbeats when all are taken; a caller waits until
+    none has come free for `pool_timeout_s`, and opening one gives up after
+    `connect_timeout_s`. Both then raise `StoreError` (the API answers 503).
     """
 
     def __init__(
@@ -144,7 +145,8 @@ class Database:
                 self.url,
                 json_serializer=dumps_json,
                 json_deserializer=orjson.loads,
-                pool_size=pool_size,
+                # One more than ours hands out: the connection kept for heartbeats.
+                pool_size=pool_size + 1,
                 max_overflow=max_overflow,
                 pool_timeout=pool_timeout_s,
                 # A restarted server leaves dead connections in the pool: SQLAlchemy's pool
@@ -199,22 +201,27 @@ class Database:
         if self.engine is not None:
             await self.engine.dispose()
 
-    def _transaction(self, *, write: bool) -> contextlib.AbstractAsyncContextManager[Any]:
+    def _transaction(
+        self, *, write: bool, priority: bool = False
+    ) -> contextlib.AbstractAsyncContextManager[Any]:
         if self._sqlite is not None:
             assert not write, "SQLite writes go through write()"
             return self._sqlite.read()
         assert self._connections is not None
-        return self._connections.connection(transaction=write)
+        return self._connections.connection(transaction=write, priority=priority)
 
     @contextlib.asynccontextmanager
-    async def write(self, *, one_statement: bool = False) -> AsyncIterator[Tx]:
+    async def write(
+        self, *, one_statement: bool = False, priority: bool = False
+    ) -> AsyncIterator[Tx]:
         """A write transaction; its announcements wake local waiters after commit.
 
         On SQLite the writes of one turn of the event loop commit together (see
         `store/sqlite.py`); within a process, writers queue on a lock, not on the file's.
         With `one_statement` the block promises to send a single statement, which is
         atomic on its own: on PostgreSQL it then runs without BEGIN and COMMIT, two round
-        trips fewer.
+        trips fewer. `priority` is for what keeps the process alive in others' eyes (a
+        heartbeat, lease renewals): on PostgreSQL it does not queue behind other writes.
         """
         if self._sqlite is not None:
             assert self._write_lock is not None
@@ -243,7 +250,7 @@ class Database:
                 raise failed
             await settled
         else:
-            async with self._transaction(write=not one_statement) as conn:
+            async with self._transaction(write=not one_statement, priority=priority) as conn:
                 tx = Tx(conn, self.is_postgres)
                 yield tx
         for run_id, event_type, events in tx.run_events:

@@ -51,13 +51,14 @@ async def commit_step(
     the same transaction, `update_run`).
     """
     values = values or {}
-    if db.is_postgres and not any(isinstance(v, sa.ClauseElement) for v in values.values()):
-        ts = now()
-        rendered = _rendered_events(values, events, current, ts)
-        if rendered is not None:
-            # One statement does it all (see `_step_statement`).
-            await _commit_step_in_one_statement(db, lease, values, rendered, messages, position, ts)
-            return
+    if (
+        db.is_postgres
+        and not any(isinstance(v, sa.ClauseElement) for v in values.values())
+        and not _needs_transaction(values, events, current)
+    ):
+        # One statement does it all (see `_step_statement`).
+        await _commit_step_in_one_statement(db, lease, values, events, current, messages, position)
+        return
     async with db.write() as tx:
         # Only whether it matched: the row is not kept while the write waits for its commit
         # (on SQLite, with thousands of others at times).
@@ -76,21 +77,30 @@ async def commit_step(
             raise LeaseLost(f"run {lease.run_id} is no longer held by this worker")
 
 
+def _needs_transaction(
+    values: dict[str, Any], events: Sequence[EventSpec], current: Mapping[str, Any] | None
+) -> bool:
+    """Whether this write needs its transaction on PostgreSQL: a status change whose run
+    object cannot be rendered from `current`, or that is due a webhook (its outbox row)."""
+    if "status" not in values and not any(isinstance(spec, str) for spec in events):
+        return False
+    if current is None:
+        return True
+    status = values.get("status", current["status"])
+    return status in WEBHOOK_STATUSES and bool(values.get("callback_url", current["callback_url"]))
+
+
 def _rendered_events(
     values: dict[str, Any],
     events: Sequence[EventSpec],
     current: Mapping[str, Any] | None,
     updated_at: float,
-) -> list[tuple[str, dict[str, Any]]] | None:
+) -> list[tuple[str, dict[str, Any]]]:
     """`events` with the run object in place of each type that stands for it (rendered from
-    `current` and `values`); None when this write needs its transaction."""
-    if "status" not in values and not any(isinstance(spec, str) for spec in events):
+    `current` and `values`)."""
+    if current is None or not any(isinstance(spec, str) for spec in events):
         return [spec for spec in events if not isinstance(spec, str)]
-    if current is None:
-        return None
     row = {**current, **{k: v for k, v in values.items() if k in current}}
-    if row["status"] in WEBHOOK_STATUSES and row["callback_url"]:
-        return None
     run, _ = render_known_run({**row, "updated_at": updated_at})
     return [(spec, run) if isinstance(spec, str) else spec for spec in events]
 
@@ -151,11 +161,35 @@ async def _commit_step_in_one_statement(
     db: Database,
     lease: Lease,
     values: dict[str, Any],
+    events: Sequence[EventSpec],
+    current: Mapping[str, Any] | None,
+    messages: Sequence[dict[str, Any]],
+    position: int,
+) -> None:
+    # The statement is rendered once a connection is ours: when the runs of a burst all
+    # finish together, thousands of writes queue for one, and each would otherwise hold
+    # its encoded events meanwhile (a completion's run object three times over).
+    async with db.write(one_statement=True) as tx:
+        updated_at = now()
+        rendered = _rendered_events(values, events, current, updated_at)
+        statement, params = _step_params(lease, values, rendered, messages, position, updated_at)
+        row = (await tx.conn.execute(statement, params)).first()
+        if row is None:
+            raise LeaseLost(f"run {lease.run_id} is no longer held by this worker")
+        if rendered:
+            first = row.event_seq - len(rendered) + 1
+            committed = [RunEvent(first + i, kind, data) for i, (kind, data) in enumerate(rendered)]
+            await tx.announce_event(lease.run_id, rendered[-1][0], committed, notified=True)
+
+
+def _step_params(
+    lease: Lease,
+    values: dict[str, Any],
     rendered: list[tuple[str, dict[str, Any]]],
     messages: Sequence[dict[str, Any]],
     position: int,
     updated_at: float,
-) -> None:
+) -> tuple[sa.Select[Any], dict[str, Any]]:
     encoded = [(kind, dumps_json(data)) for kind, data in rendered]
     params: dict[str, Any] = {
         f"set_{k}": without_nul(v) if isinstance(v, str) else v for k, v in values.items()
@@ -174,12 +208,4 @@ async def _commit_step_in_one_statement(
     )
     if rendered:
         params.update(notify_type=rendered[-1][0], notify_events=events_payload(encoded))
-    statement = _step_statement(tuple(values), bool(rendered))
-    async with db.write(one_statement=True) as tx:
-        row = (await tx.conn.execute(statement, params)).first()
-        if row is None:
-            raise LeaseLost(f"run {lease.run_id} is no longer held by this worker")
-        if rendered:
-            first = row.event_seq - len(rendered) + 1
-            committed = [RunEvent(first + i, kind, data) for i, (kind, data) in enumerate(rendered)]
-            await tx.announce_event(lease.run_id, rendered[-1][0], committed, notified=True)
+    return _step_statement(tuple(values), bool(rendered)), params

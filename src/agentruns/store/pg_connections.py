@@ -12,7 +12,11 @@ that breaks mid-request fails that request with `StoreError`, as any would.
 
 Callers queue on a semaphore, not in the pool: a caller waiting in SQLAlchemy's pool waits
 inside a greenlet, whose saved stack weighs kilobytes, and thousands of runs may want to
-write at once.
+write at once. A caller gives up only when no connection came free for the whole pool
+timeout: a long queue that moves is a busy database, not an unreachable one (thousands of
+runs whose model answered at the same moment all write at once). And the blocks that keep
+a process alive in the eyes of others (heartbeats, lease renewals) never queue behind runs'
+writes: they have a connection of their own, beyond the pool's size, when all are taken.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from agentruns.deadlines import Deadlines
 from agentruns.errors import StoreError
 
 # SQLSTATE classes of failures that say nothing about the statement: the connection broke
@@ -67,14 +72,17 @@ class _Pooled:
 
 
 class PostgresConnections:
-    """`size` connections kept open, up to `overflow` more while the load needs them; a caller
-    waits at most `timeout_s` for one."""
+    """`size` connections kept open, up to `overflow` more while the load needs them, and one
+    more for priority blocks; a caller waits until none came free for `timeout_s`."""
 
     def __init__(self, engine: AsyncEngine, size: int, overflow: int, timeout_s: float) -> None:
         self._engine = engine
         self._idle: list[_Pooled] = []
         self._keep = size
         self._free = asyncio.Semaphore(size + overflow)
+        self._reserved = asyncio.Semaphore(1)  # priority blocks', when the rest are taken
+        self._released = 0  # connections given back so far: whether the queue moves
+        self._waits = Deadlines()  # one timer for all the waiting callers
         self._closed = False
         self.timeout_s = timeout_s
 
@@ -97,9 +105,13 @@ class PostgresConnections:
                 await pooled.conn.close()
 
     @contextlib.asynccontextmanager
-    async def connection(self, *, transaction: bool) -> AsyncIterator[AsyncConnection]:
-        """A connection for the block, in a transaction (committed at its end) or not."""
-        pooled = await self._acquire()
+    async def connection(
+        self, *, transaction: bool, priority: bool = False
+    ) -> AsyncIterator[AsyncConnection]:
+        """A connection for the block, in a transaction (committed at its end) or not; with
+        `priority`, without queueing behind the others (see the module's docstring)."""
+        slots = self._reserved if priority and self._free.locked() else self._free
+        pooled = await self._acquire(slots)
         idle = False  # whether the connection is known to be idle, with nothing open
         try:
             try:
@@ -127,19 +139,14 @@ class PostgresConnections:
                 else:
                     await self._discard(pooled, at_once=not usable)
             finally:
-                self._free.release()  # even if cancelled again while discarding
+                self._released += 1
+                slots.release()  # even if cancelled again while discarding
 
-    async def _acquire(self) -> _Pooled:
-        if self._free.locked():  # all in use: wait, at most the pool timeout
-            try:
-                async with asyncio.timeout(self.timeout_s):
-                    await self._free.acquire()
-            except TimeoutError:
-                raise StoreError(
-                    f"cannot reach the database: no connection free within {self.timeout_s:g} s"
-                ) from None
+    async def _acquire(self, slots: asyncio.Semaphore) -> _Pooled:
+        if slots.locked():  # all in use: wait while the queue moves
+            await self._wait_for(slots)
         else:
-            await self._free.acquire()  # at once
+            await slots.acquire()  # at once
         try:
             while self._idle:
                 pooled = self._idle.pop()  # the most recently used: likeliest to be alive
@@ -148,8 +155,23 @@ class PostgresConnections:
                 await self._discard(pooled)
             return await self._checkout()
         except BaseException:
-            self._free.release()
+            slots.release()
             raise
+
+    async def _wait_for(self, slots: asyncio.Semaphore) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            released = self._released
+            try:
+                async with self._waits.at(loop.time() + self.timeout_s):
+                    await slots.acquire()
+                return
+            except TimeoutError:
+                if self._released == released:  # not one came free meanwhile: stuck
+                    raise StoreError(
+                        "cannot reach the database: no connection came free within "
+                        f"{self.timeout_s:g} s"
+                    ) from None
 
     async def _checkout(self) -> _Pooled:
         try:

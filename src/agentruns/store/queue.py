@@ -178,7 +178,7 @@ async def extend_leases(db: Database, leases: list[Lease], lease_s: float) -> se
     if not leases:
         return set()
     tokens = [lease.token for lease in leases]
-    async with db.write() as tx:
+    async with db.write(priority=True) as tx:  # late, they would be taken over
         result = await tx.conn.execute(
             runs.update()
             .where(runs.c.lease_token.in_(tokens), runs.c.status == "in_progress")

@@ -49,7 +49,7 @@ async def heartbeat_worker(
     again: the runs it lost were re-queued and its fenced writes to them fail.
     """
     ts = now()
-    async with db.write() as tx:
+    async with db.write(priority=True) as tx:
         updated = await tx.conn.execute(
             workers.update()
             .where(workers.c.id == worker_id)

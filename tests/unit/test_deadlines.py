@@ -7,7 +7,7 @@ import contextvars
 
 import pytest
 
-from agentruns.engine.deadline import Deadlines
+from agentruns.deadlines import Deadlines
 
 VAR: contextvars.ContextVar[str] = contextvars.ContextVar("VAR", default="unset")
 DEADLINES = Deadlines()
