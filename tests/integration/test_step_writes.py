@@ -355,15 +355,21 @@ async def test_times_render_in_sql_as_in_python(postgres_url: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("idempotent", "delay_s", "joined"),
-    [(True, 0.0, True), (True, 0.2, False), (False, 0.0, False)],
-    ids=["quick-idempotent", "slow-idempotent", "not-idempotent"],
+    ("idempotent", "delay_s", "write_s", "joined"),
+    [
+        (True, 0.0, 0.0, True),
+        (True, 0.2, 0.0, False),
+        (True, 0.05, 0.3, False),  # done while the reply is being written
+        (False, 0.0, 0.0, False),
+    ],
+    ids=["quick-idempotent", "slow-idempotent", "done-during-write", "not-idempotent"],
 )
 async def test_a_quick_idempotent_tool_is_written_with_the_reply(
     db: Database,
     monkeypatch: pytest.MonkeyPatch,
     idempotent: bool,
     delay_s: float,
+    write_s: float,
     joined: bool,
 ) -> None:
     """A tool that may run twice starts as soon as the model asks for it, and its output
@@ -373,6 +379,7 @@ async def test_a_quick_idempotent_tool_is_written_with_the_reply(
     real_commit, real_call = executor_module.commit_step, GetCurrentTime.call
 
     async def commit_step(*args: Any, **kwargs: Any) -> None:
+        await asyncio.sleep(write_s)  # a slow database
         await real_commit(*args, **kwargs)
         # An event is a (type, data) pair, or a status event's type alone.
         happened.append([e if isinstance(e, str) else e[0] for e in kwargs["events"]])

@@ -446,8 +446,8 @@ class Executor:
                     messages.append(answer.message)
                     announced = None  # answered, not just announced
             await self._commit(progress, values, events, messages, then=committed)
-            if early is not None and not early.done():
-                assert announced is not None
+            if early is not None and announced is not None:  # not answered with the reply
+                # (It may have finished during the reply's write: its output is still due.)
                 answer = _ToolAnswer.of(announced, await early)
                 progress.announced_call = None
                 await self._commit_tool_answer(progress, answer)
