@@ -57,7 +57,9 @@ class Deadlines:
     def _sweep(self) -> None:
         assert self._loop is not None
         self._timer = None
-        heap, now = self._heap, self._loop.time()
+        # A timer may fire a hair before its time (uvloop counts in whole milliseconds):
+        # what is due within a millisecond is due now, rather than a timer set again at once.
+        heap, now = self._heap, self._loop.time() + 0.001
         while heap and (heap[0][0] <= now or heap[0][1].task is None):
             _when, deadline = heapq.heappop(heap)
             if deadline.task is not None:

@@ -1,4 +1,5 @@
-"""Runs' deadlines behave as `asyncio.timeout` does, many of them on one timer."""
+"""Runs' deadlines behave as `asyncio.timeout` does, many of them on one timer (on both
+loops: uvloop counts its timers in milliseconds)."""
 
 from __future__ import annotations
 
