@@ -199,17 +199,18 @@ async def test_a_queue_that_moves_is_waited_in_past_the_pool_timeout(postgres_ur
     """A burst (thousands of runs whose model answered at once) queues longer than the pool
     timeout; no caller fails while connections keep coming free."""
     db = Database(postgres_url, pool_size=1, pool_timeout_s=0.3)
-    served: list[float] = []
+    served: list[tuple[int, float]] = []
     started = time.monotonic()
 
-    async def write_a_while() -> None:
+    async def write_a_while(i: int) -> None:
         async with db.read() as conn:
             await conn.execute(sa.text("SELECT pg_sleep(0.1)"))
-            served.append(time.monotonic() - started)
+            served.append((i, time.monotonic() - started))
 
     try:
-        await asyncio.gather(*(write_a_while() for _ in range(8)))
-        assert len(served) == 8 and served[-1] > 0.6  # the last waited twice the timeout
+        await asyncio.gather(*(write_a_while(i) for i in range(8)))
+        assert served[-1][1] > 0.6  # the last waited twice the timeout
+        assert [i for i, _ in served] == list(range(8))  # in turn: none sent to the back
     finally:
         await db.close()
 
@@ -235,6 +236,36 @@ async def test_heartbeats_do_not_queue_behind_the_others(postgres_url: str) -> N
         blocks.release.set()
         await asyncio.gather(*holders, *queued)
         assert blocks.holding == 5
+        await db.close()
+
+
+async def test_heartbeats_going_through_do_not_hide_a_stuck_pool(postgres_url: str) -> None:
+    """The connection kept for heartbeats comes free again and again; the others' waiters
+    still fail once none of theirs has come free for the pool timeout."""
+    db = Database(postgres_url, pool_size=1, pool_timeout_s=0.3)
+    blocks = _Holders(db)
+    holders = blocks.start(1)
+    beating = True
+
+    async def heartbeats() -> None:
+        while beating:
+            async with db.write(priority=True) as tx:
+                await tx.conn.execute(sa.text("SELECT 1"))
+            await asyncio.sleep(0.05)
+
+    beats = asyncio.create_task(heartbeats())
+    try:
+        await _wait(lambda: blocks.holding == 1)
+        started = time.monotonic()
+        with pytest.raises(StoreError, match="no connection came free"):
+            async with asyncio.timeout(5):
+                async with db.read():
+                    pass
+        assert time.monotonic() - started < 1.5
+    finally:
+        beating = False
+        blocks.release.set()
+        await asyncio.gather(beats, *holders)
         await db.close()
 
 

@@ -454,6 +454,7 @@ class Executor:
         finally:
             if early is not None and not early.done():
                 early.cancel()
+                await asyncio.wait((early,))  # the tool's own cleanup ends with the run's
 
     async def _flush_delta(self, progress: RunProgress) -> None:
         delta = "".join(progress.pending_delta)

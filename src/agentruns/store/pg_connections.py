@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from agentruns.deadlines import Deadlines
 from agentruns.errors import StoreError
 
 # SQLSTATE classes of failures that say nothing about the statement: the connection broke
@@ -71,6 +71,78 @@ class _Pooled:
         return not self.conn.invalidated and not self.driver.is_closed()
 
 
+class _Slots:
+    """A counting semaphore, first come first served, whose waiters all fail together once
+    none of its slots has come free for `timeout_s`.
+
+    Not `asyncio.Semaphore` with a timeout per waiter: a waiter timed out while the queue
+    moved would have to queue again at the back, and thousands may wait at once, each
+    with a timer. Here one timer checks the queue's progress.
+    """
+
+    def __init__(self, count: int, timeout_s: float) -> None:
+        self.available = count
+        self.timeout_s = timeout_s
+        # Waiters in order; one cancelled stays in the deque, and `release` skips it.
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._waiting = 0  # those in the deque still waiting
+        self._released = 0  # slots given back so far
+        self._watch: asyncio.TimerHandle | None = None
+
+    def locked(self) -> bool:
+        return self.available == 0 or self._waiting > 0
+
+    async def acquire(self) -> None:
+        if not self.locked():
+            self.available -= 1
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        self._waiting += 1
+        if self._watch is None:
+            self._watch_from(self._released)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.cancelled():  # still waiting: `release` will skip it
+                self._waiting -= 1
+            elif waiter.exception() is None:  # granted a slot just as it was cancelled
+                self.release()
+            raise
+
+    def release(self) -> None:
+        self._released += 1
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                self._waiting -= 1
+                waiter.set_result(None)  # the slot passes straight to it
+                return
+        self.available += 1
+
+    def _watch_from(self, released: int) -> None:
+        loop = asyncio.get_running_loop()
+        self._watch = loop.call_later(self.timeout_s, self._check, released)
+
+    def _check(self, released: int) -> None:
+        self._watch = None
+        waiting = [w for w in self._waiters if not w.done()]
+        if not waiting:
+            self._waiters.clear()
+        elif self._released == released:  # not one came free all that time: stuck
+            self._waiters.clear()
+            self._waiting = 0
+            for waiter in waiting:
+                waiter.set_exception(
+                    StoreError(
+                        "cannot reach the database: no connection came free within "
+                        f"{self.timeout_s:g} s"
+                    )
+                )
+        else:
+            self._watch_from(self._released)
+
+
 class PostgresConnections:
     """`size` connections kept open, up to `overflow` more while the load needs them, and one
     more for priority blocks; a caller waits until none came free for `timeout_s`."""
@@ -79,17 +151,15 @@ class PostgresConnections:
         self._engine = engine
         self._idle: list[_Pooled] = []
         self._keep = size
-        self._free = asyncio.Semaphore(size + overflow)
-        self._reserved = asyncio.Semaphore(1)  # priority blocks', when the rest are taken
-        self._released = 0  # connections given back so far: whether the queue moves
-        self._waits = Deadlines()  # one timer for all the waiting callers
+        self._free = _Slots(size + overflow, timeout_s)
+        self._reserved = _Slots(1, timeout_s)  # priority blocks', when the rest are taken
         self._closed = False
         self.timeout_s = timeout_s
 
     @property
     def free(self) -> int:
         """How many more callers could have a connection at once."""
-        return self._free._value
+        return self._free.available
 
     async def open(self, count: int) -> None:
         """Open `count` connections now and keep them idle."""
@@ -139,14 +209,10 @@ class PostgresConnections:
                 else:
                     await self._discard(pooled, at_once=not usable)
             finally:
-                self._released += 1
                 slots.release()  # even if cancelled again while discarding
 
-    async def _acquire(self, slots: asyncio.Semaphore) -> _Pooled:
-        if slots.locked():  # all in use: wait while the queue moves
-            await self._wait_for(slots)
-        else:
-            await slots.acquire()  # at once
+    async def _acquire(self, slots: _Slots) -> _Pooled:
+        await slots.acquire()
         try:
             while self._idle:
                 pooled = self._idle.pop()  # the most recently used: likeliest to be alive
@@ -157,21 +223,6 @@ class PostgresConnections:
         except BaseException:
             slots.release()
             raise
-
-    async def _wait_for(self, slots: asyncio.Semaphore) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            released = self._released
-            try:
-                async with self._waits.at(loop.time() + self.timeout_s):
-                    await slots.acquire()
-                return
-            except TimeoutError:
-                if self._released == released:  # not one came free meanwhile: stuck
-                    raise StoreError(
-                        "cannot reach the database: no connection came free within "
-                        f"{self.timeout_s:g} s"
-                    ) from None
 
     async def _checkout(self) -> _Pooled:
         try:
