@@ -483,7 +483,8 @@ class Executor:
                 parse_arguments(call["name"], call["arguments"], definition.parameters)
             except InvalidArguments as exc:
                 # Never sent to the client: the model is asked to call again.
-                await self._record_tool_output(progress, call, str(exc), is_error=True)
+                refused = _ToolOutcome(str(exc), is_error=True)  # not timed: not run here
+                await self._commit_tool_answer(progress, _ToolAnswer.of(call, refused))
             else:
                 client_calls.append(call)
         if client_calls and not progress.finished:
@@ -525,14 +526,6 @@ class Executor:
         started = loop.time()
         output, is_error = await self._call_tool(toolset, call)
         return _ToolOutcome(output, is_error, round((loop.time() - started) * 1000))
-
-    async def _record_tool_output(
-        self, progress: RunProgress, call: dict[str, Any], output: str, *, is_error: bool
-    ) -> None:
-        """The answer to a client-side call refused here (never sent to the client)."""
-        await self._commit_tool_answer(
-            progress, _ToolAnswer.of(call, _ToolOutcome(output, is_error))
-        )
 
     async def _commit_tool_answer(self, progress: RunProgress, answer: _ToolAnswer) -> None:
         results = [*progress.results, answer.result]

@@ -154,7 +154,6 @@ class PostgresConnections:
         self._free = _Slots(size + overflow, timeout_s)
         self._reserved = _Slots(1, timeout_s)  # priority blocks', when the rest are taken
         self._closed = False
-        self.timeout_s = timeout_s
 
     @property
     def free(self) -> int:
