@@ -13,7 +13,7 @@ ROOT = Path(__file__).parents[2]
 
 def test_bench_script_completes_a_few_runs(tmp_path: Path) -> None:
     out = tmp_path / "results.json"
-    subprocess.run(
+    finished = subprocess.run(
         [
             sys.executable,
             "bench/bench.py",
@@ -26,10 +26,11 @@ def test_bench_script_completes_a_few_runs(tmp_path: Path) -> None:
             str(out),
         ],
         cwd=ROOT,
-        check=True,
         capture_output=True,
+        text=True,
         timeout=120,
     )
+    assert finished.returncode == 0, finished.stderr[-4000:] + finished.stdout[-2000:]
     report = json.loads(out.read_text())
     assert report["sqlite"]["throughput"]["runs"] == 6
     assert report["sqlite"]["throughput"]["runs_per_s"] > 0

@@ -215,6 +215,62 @@ async def test_a_queue_that_moves_is_waited_in_past_the_pool_timeout(postgres_ur
         await db.close()
 
 
+async def test_a_write_waits_for_its_turn_before_it_is_prepared(postgres_url: str) -> None:
+    """A turn waited for in the queue is handed to the write that follows, which then does
+    not queue again; a turn left unused, or given up while waiting, costs no connection."""
+    db = Database(postgres_url, pool_size=1, pool_timeout_s=5)
+    blocks = _Holders(db)
+    (holder,) = blocks.start(1)
+    served: list[str] = []
+
+    async def write_in_turn(name: str) -> None:
+        async with db.write_turn() as turn:
+            served.append(f"{name}: turn")
+            async with db.write(turn=turn) as tx:
+                await tx.conn.execute(sa.text("SELECT 1"))
+                served.append(f"{name}: wrote")
+
+    async def read_in_queue() -> None:
+        async with db.read() as conn:
+            await conn.execute(sa.text("SELECT 1"))
+            served.append("reader")
+
+    async def turn_unused() -> None:
+        async with db.write_turn():
+            served.append("unused turn")
+
+    try:
+        await _wait(lambda: blocks.holding == 1)
+        first = asyncio.create_task(write_in_turn("first"))
+        await asyncio.sleep(0.02)
+        given_up = asyncio.create_task(write_in_turn("given up"))
+        await asyncio.sleep(0.02)
+        unused = asyncio.create_task(turn_unused())
+        await asyncio.sleep(0.02)
+        reader = asyncio.create_task(read_in_queue())
+        await asyncio.sleep(0.02)
+        second = asyncio.create_task(write_in_turn("second"))
+        await asyncio.sleep(0.05)
+        assert served == []  # all queued behind the holder
+        given_up.cancel()
+        blocks.release.set()
+        async with asyncio.timeout(5):  # a write that queued again for its own slot would hang
+            await asyncio.gather(holder, first, unused, reader, second)
+        assert given_up.cancelled()
+        assert served == [
+            "first: turn",
+            "first: wrote",
+            "unused turn",
+            "reader",
+            "second: turn",
+            "second: wrote",
+        ]
+        assert db._connections is not None and db._connections.free == 1
+    finally:
+        blocks.release.set()
+        await db.close()
+
+
 async def test_heartbeats_do_not_queue_behind_the_others(postgres_url: str) -> None:
     db = Database(postgres_url, pool_size=2, pool_timeout_s=5)
     blocks = _Holders(db)

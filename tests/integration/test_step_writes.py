@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import ARRAY
@@ -440,3 +441,84 @@ async def test_a_tool_started_early_is_stopped_with_its_run(
     assert happened == ["called", "cancelled"]
     log = [e.type for e in await events.list_events(db, run["id"])]
     assert ("tool_call.started" in log) is (flush_interval_s < 0.3)
+
+
+class _WholeReplyModel:
+    """An OpenAI-compatible server that sends each streamed reply whole, in one write, after
+    `delay_s`: a call to get_current_time, then (once the tool has answered) `text`."""
+
+    def __init__(self, text: str, delay_s: float) -> None:
+        self.text, self.delay_s = text, delay_s
+        self.url = ""
+
+    async def __aenter__(self) -> _WholeReplyModel:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}/v1"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._server.close()
+        await self._server.wait_closed()
+
+    def _body(self, answered: bool) -> bytes:
+        def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+            choice = {"index": 0, "delta": delta, "finish_reason": finish}
+            return b"data: " + orjson.dumps({"choices": [choice]}) + b"\n\n"
+
+        if answered:
+            first, *rest = self.text.split(" ")
+            frames = [chunk({"content": piece}) for piece in [first, *(" " + w for w in rest)]]
+            frames.append(chunk({}, "stop"))
+        else:
+            call = {"index": 0, "id": "call_1", "type": "function"}
+            call["function"] = {"name": "get_current_time", "arguments": "{}"}
+            frames = [chunk({"tool_calls": [call]}), chunk({}, "tool_calls")]
+        return b"".join(frames) + b"data: [DONE]\n\n"
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                request = orjson.loads(await reader.readexactly(length))
+                body = self._body(any(m["role"] == "tool" for m in request["messages"]))
+                await asyncio.sleep(self.delay_s)
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+                    + f"content-length: {len(body)}\r\n\r\n".encode()
+                    + body
+                )
+        writer.close()
+
+
+async def test_deltas_that_arrive_together_are_written_together(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reply that comes in one read after the model's latency is written once, its text
+    in one delta: the first delta is not written alone because it came after a pause."""
+    writes: list[list[str]] = []
+    real_commit = executor_module.commit_step
+
+    async def commit_step(*args: Any, **kwargs: Any) -> None:
+        await real_commit(*args, **kwargs)
+        writes.append([e if isinstance(e, str) else e[0] for e in kwargs["events"]])
+
+    monkeypatch.setattr(executor_module, "commit_step", commit_step)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    async with _WholeReplyModel("one two three four five", delay_s=0.05) as model:
+        project = await make_project(db)
+        agent = await make_agent(
+            db, project, model="openai:m", model_settings={"base_url": model.url}, tools=[TIME]
+        )
+        created = await make_run(db, project, agent["id"], "what time is it?")
+        run = await _run_to_rest(db, project, created["id"])
+
+    assert run["status"] == "completed", run
+    assert run["last_agent_message"] == "one two three four five"
+    assert writes == [
+        ["message.completed", "tool_call.started", "tool_call.completed"],
+        ["message.delta", "message.completed", "run.status", "run.completed"],
+    ]
+    log = await events.list_events(db, run["id"])
+    deltas = [e.data["delta"] for e in log if e.type == "message.delta"]
+    assert deltas == [run["last_agent_message"]]

@@ -49,6 +49,32 @@ async def test_events_in_order_and_a_none_when_a_deadline_passes_during_a_pause(
     assert stream.closed
 
 
+async def test_events_that_arrived_together_come_before_a_deadline_already_passed() -> None:
+    """A whole reply read at once: the deadline passed with its first event, but the None
+    comes only once the events that came with it are out, and none comes before them."""
+
+    async def burst() -> AsyncIterator[object]:
+        await asyncio.sleep(0.01)
+        for item in ("a", "b", "c"):
+            yield item  # no wait between them: they arrived in one read
+        await asyncio.sleep(0.2)
+        yield "d"
+
+    loop = asyncio.get_running_loop()
+    due: list[float] = []
+    seen: list[object] = []
+    async with contextlib.aclosing(
+        with_deadlines(burst(), lambda: due[0] if due else None)
+    ) as events:
+        async for event in events:
+            seen.append(event)
+            if event == "a":
+                due.append(loop.time())  # due at once, as a delta after a pause is
+            elif event is None:
+                due.clear()
+    assert seen == ["a", "b", "c", None, "d"]
+
+
 @pytest.mark.parametrize("with_deadline", [False, True])
 async def test_a_reader_that_stops_early_closes_the_stream(with_deadline: bool) -> None:
     stream = Stream(["a", "b", "c"], [0, 0, 0])

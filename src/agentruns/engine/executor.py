@@ -36,7 +36,7 @@ from agentruns.engine.tools.bundles import DEFAULT_BUNDLE
 from agentruns.errors import LeaseLost, ModelError, StoreError, ToolError
 from agentruns.store import agents, bundles, events, tool_registry
 from agentruns.store.clock import now
-from agentruns.store.database import Database
+from agentruns.store.database import Database, WriteTurn
 from agentruns.store.execution import commit_step
 from agentruns.store.queue import Lease
 from agentruns.store.transitions import status_events
@@ -326,10 +326,11 @@ class Executor:
     ) -> None:
         """Write a step, then update `progress` by `then`: both, even if cancelled meanwhile."""
 
-        async def write() -> None:
+        async def write(turn: WriteTurn) -> None:
             await commit_step(
                 self.db,
                 progress.lease,
+                turn=turn,
                 values=values,
                 events=events or [],
                 messages=new_messages or [],
@@ -340,7 +341,10 @@ class Executor:
             if then is not None:
                 then()
 
-        await _uninterruptible(write())
+        # In a burst, thousands of runs' writes queue for the database's connections: each
+        # waits for its turn before its write (a task, its frames, its statement) exists.
+        async with self.db.write_turn() as turn:
+            await _uninterruptible(write(turn))
 
     async def _model_step(
         self, progress: RunProgress, model: Model, toolset: Toolset, settings: dict[str, Any]
@@ -360,15 +364,17 @@ class Executor:
         paced = with_deadlines(stream, flushes.due, first)
         async with contextlib.aclosing(paced) as stream_events:
             async for event in stream_events:
-                if event is None or isinstance(event, TextDelta):
-                    # A delta is written at once, unless the last write was less than the flush
-                    # interval ago: then with the next, at the latest when the interval is up.
-                    if event is not None:
-                        text.append(event.text)
-                        progress.pending_delta.append(event.text)
-                    if loop.time() - flushes.last >= self.flush_interval_s:
+                if event is None:
+                    # Deltas are due (the flush interval since the last write is up) and
+                    # nothing more has arrived: they go now, together. So a delta is written
+                    # at once unless the last write was less than the interval ago, and
+                    # deltas that arrive together are written together, not one by one.
+                    if progress.pending_delta:
                         await self._flush_delta(progress)
                         flushes.last = loop.time()
+                elif isinstance(event, TextDelta):
+                    text.append(event.text)
+                    progress.pending_delta.append(event.text)
                 elif isinstance(event, ToolCall):
                     calls.append(event)
                 elif isinstance(event, Usage):

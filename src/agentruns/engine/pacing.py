@@ -66,7 +66,8 @@ async def with_deadlines(
     stream: AsyncIterator[T], deadline: Callable[[], float | None], first: T | None = None
 ) -> AsyncGenerator[T | None, None]:
     """`first` if given, then the events of `stream`; None whenever `deadline()` (a loop
-    time) passes first.
+    time) has passed and no event is ready: events that have arrived (a whole reply often
+    comes in one read) are yielded first, so what is held back until then goes out with them.
 
     Until there is a deadline the stream is read directly; from the first one on, by a
     task of its own that keeps reading while the consumer handles an event. The stream is
@@ -100,7 +101,8 @@ async def with_deadlines(
                         async with asyncio.timeout_at(due):
                             await pump.waiter
                     except TimeoutError:
-                        yield None
+                        if not pump.pending:  # else what arrived meanwhile comes first
+                            yield None
                         continue
             item = pump.pending.pop(0)
             if item is _END:

@@ -25,7 +25,7 @@ from agentruns.store.notify import (
     PostgresListener,
     RunEvent,
 )
-from agentruns.store.pg_connections import PostgresConnections
+from agentruns.store.pg_connections import PostgresConnections, WriteTurn
 from agentruns.store.sqlite import SQLiteConnections
 
 if TYPE_CHECKING:
@@ -103,6 +103,9 @@ class Tx:
         if not self.queue_changed and self.is_postgres and not notified:
             await self.conn.execute(_NOTIFY, {"channel": QUEUE_CHANNEL, "payload": ""})
         self.queue_changed = True
+
+
+_NO_TURN = WriteTurn(None)
 
 
 class Database:
@@ -202,17 +205,28 @@ class Database:
             await self.engine.dispose()
 
     def _transaction(
-        self, *, write: bool, priority: bool = False
+        self, *, write: bool, priority: bool = False, turn: WriteTurn | None = None
     ) -> contextlib.AbstractAsyncContextManager[Any]:
         if self._sqlite is not None:
             assert not write, "SQLite writes go through write()"
             return self._sqlite.read()
         assert self._connections is not None
-        return self._connections.connection(transaction=write, priority=priority)
+        return self._connections.connection(transaction=write, priority=priority, turn=turn)
+
+    def write_turn(self) -> WriteTurn:
+        """Wait in `async with` for a connection to be free before preparing a write, then
+        pass the turn to `write()`: a write queued that way holds only the turn meanwhile.
+        On SQLite, where writes do not queue for connections, the turn waits for nothing.
+        """
+        return self._connections.turn() if self._connections is not None else _NO_TURN
 
     @contextlib.asynccontextmanager
     async def write(
-        self, *, one_statement: bool = False, priority: bool = False
+        self,
+        *,
+        one_statement: bool = False,
+        priority: bool = False,
+        turn: WriteTurn | None = None,
     ) -> AsyncIterator[Tx]:
         """A write transaction; its announcements wake local waiters after commit.
 
@@ -250,7 +264,9 @@ class Database:
                 raise failed
             await settled
         else:
-            async with self._transaction(write=not one_statement, priority=priority) as conn:
+            async with self._transaction(
+                write=not one_statement, priority=priority, turn=turn
+            ) as conn:
                 tx = Tx(conn, self.is_postgres)
                 yield tx
         for run_id, event_type, events in tx.run_events:

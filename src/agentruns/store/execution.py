@@ -16,7 +16,13 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
 from agentruns.errors import LeaseLost
 from agentruns.store.clock import now
-from agentruns.store.database import Database, dumps_json, notify_column, without_nul
+from agentruns.store.database import (
+    Database,
+    WriteTurn,
+    dumps_json,
+    notify_column,
+    without_nul,
+)
 from agentruns.store.messages import insert_from_array
 from agentruns.store.notify import EVENTS_CHANNEL, RunEvent, events_payload
 from agentruns.store.queue import Lease
@@ -42,13 +48,15 @@ async def commit_step(
     messages: Sequence[dict[str, Any]] = (),
     position: int = 0,
     current: Mapping[str, Any] | None = None,
+    turn: WriteTurn | None = None,
 ) -> None:
     """Atomically update the run, append events and messages (from `position`).
 
     `current`, the run object's columns as the row has them before this write, lets
     PostgreSQL render the run object that status events carry before the UPDATE, so that
     a status change is one statement too (unless a webhook is due: its outbox row goes in
-    the same transaction, `update_run`).
+    the same transaction, `update_run`). A `turn` already waited for (`Database.write_turn`)
+    spares the write its own wait for a connection.
     """
     values = values or {}
     if (
@@ -57,9 +65,11 @@ async def commit_step(
         and not _needs_transaction(values, events, current)
     ):
         # One statement does it all (see `_step_statement`).
-        await _commit_step_in_one_statement(db, lease, values, events, current, messages, position)
+        await _commit_step_in_one_statement(
+            db, lease, values, events, current, messages, position, turn
+        )
         return
-    async with db.write() as tx:
+    async with db.write(turn=turn) as tx:
         # Only whether it matched: the row is not kept while the write waits for its commit
         # (on SQLite, with thousands of others at times).
         if (
@@ -165,11 +175,12 @@ async def _commit_step_in_one_statement(
     current: Mapping[str, Any] | None,
     messages: Sequence[dict[str, Any]],
     position: int,
+    turn: WriteTurn | None,
 ) -> None:
     # The statement is rendered once a connection is ours: when the runs of a burst all
     # finish together, thousands of writes queue for one, and each would otherwise hold
     # its encoded events meanwhile (a completion's run object three times over).
-    async with db.write(one_statement=True) as tx:
+    async with db.write(one_statement=True, turn=turn) as tx:
         updated_at = now()
         rendered = _rendered_events(values, events, current, updated_at)
         statement, params = _step_params(lease, values, rendered, messages, position, updated_at)

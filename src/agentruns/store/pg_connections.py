@@ -143,6 +143,39 @@ class _Slots:
             self._watch_from(self._released)
 
 
+class WriteTurn:
+    """One caller's place in the queue for a connection, taken before its write is prepared.
+
+    A write that queues inside `connection()` waits with its whole chain of frames (the
+    statement's, the transaction's, the pool's), and in a burst thousands of runs' writes
+    wait at once (`docs/benchmarks.md`). Waiting for the turn first, with nothing built,
+    holds one small frame instead. The connection block that is given the turn takes its
+    slot over; a turn never given to one is released when its `async with` ends.
+    """
+
+    __slots__ = ("_held", "_queue")
+
+    def __init__(self, queue: _Slots | None) -> None:
+        self._queue = queue
+        self._held: _Slots | None = None
+
+    async def __aenter__(self) -> WriteTurn:
+        if self._queue is not None:
+            await self._queue.acquire()
+            self._held = self._queue
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        held, self._held = self._held, None
+        if held is not None:
+            held.release()
+
+    def take(self) -> _Slots | None:
+        """The slot waited for, handed over to a connection block (at most once)."""
+        held, self._held = self._held, None
+        return held
+
+
 class PostgresConnections:
     """`size` connections kept open, up to `overflow` more while the load needs them, and one
     more for priority blocks; a caller waits until none came free for `timeout_s`."""
@@ -173,14 +206,24 @@ class PostgresConnections:
             with contextlib.suppress(Exception):
                 await pooled.conn.close()
 
+    def turn(self) -> WriteTurn:
+        """A place in the queue for a connection, to wait for before preparing a write
+        (see `WriteTurn`); given to `connection()`, the block uses it."""
+        return WriteTurn(self._free)
+
     @contextlib.asynccontextmanager
     async def connection(
-        self, *, transaction: bool, priority: bool = False
+        self, *, transaction: bool, priority: bool = False, turn: WriteTurn | None = None
     ) -> AsyncIterator[AsyncConnection]:
         """A connection for the block, in a transaction (committed at its end) or not; with
-        `priority`, without queueing behind the others (see the module's docstring)."""
-        slots = self._reserved if priority and self._free.locked() else self._free
-        pooled = await self._acquire(slots)
+        `priority`, without queueing behind the others (see the module's docstring); with
+        a `turn` already waited for, without queueing again."""
+        held = turn.take() if turn is not None else None
+        if held is not None:
+            slots = held
+        else:
+            slots = self._reserved if priority and self._free.locked() else self._free
+        pooled = await self._acquire(slots, held=held is not None)
         idle = False  # whether the connection is known to be idle, with nothing open
         try:
             try:
@@ -210,8 +253,9 @@ class PostgresConnections:
             finally:
                 slots.release()  # even if cancelled again while discarding
 
-    async def _acquire(self, slots: _Slots) -> _Pooled:
-        await slots.acquire()
+    async def _acquire(self, slots: _Slots, *, held: bool = False) -> _Pooled:
+        if not held:
+            await slots.acquire()
         try:
             while self._idle:
                 pooled = self._idle.pop()  # the most recently used: likeliest to be alive
