@@ -621,12 +621,15 @@ def medians(rounds: list[dict[str, Any]]) -> dict[str, Any]:
         merged[scenario] = {}
         for key, value in figures.items():
             values = [r[scenario][key] for r in rounds]
+            # A round may not have measured a figure (None: a ratio to a CPU time too small
+            # to read, in a tiny run); the median is then of the rounds that did.
+            numbers = [v for v in values if isinstance(v, int | float)]
             if isinstance(value, bool):
                 merged[scenario][key] = all(values)
             elif all(v == value for v in values):  # a size, the same in every round
                 merged[scenario][key] = value
-            elif isinstance(value, int | float):
-                merged[scenario][key] = round(statistics.median(values), 2)
+            elif numbers:
+                merged[scenario][key] = round(statistics.median(numbers), 2)
             else:
                 merged[scenario][key] = value
     return merged

@@ -12,6 +12,7 @@ import random
 from collections.abc import AsyncIterator
 from typing import Any
 
+import asyncpg
 import httpx
 import orjson
 import pytest
@@ -58,8 +59,9 @@ async def _writer_and_listener(postgres_url: str) -> AsyncIterator[tuple[Databas
         await other.close()
 
 
-def _statements_sent(db: Database) -> list[str]:
-    """The statements `db` sends from now on."""
+def _statements_sent(db: Database, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The statements `db` sends from now on: through SQLAlchemy, and on the driver's
+    connections directly (the hot paths' one-statement writes and reads)."""
     assert db.engine is not None
     sent: list[str] = []
     sa.event.listen(
@@ -67,6 +69,13 @@ def _statements_sent(db: Database) -> list[str]:
         "before_cursor_execute",
         lambda _conn, _cursor, statement, *_: sent.append(statement),
     )
+    real_fetch = asyncpg.Connection.fetch
+
+    async def fetch(conn: asyncpg.Connection, query: str, *args: Any, **kwargs: Any) -> Any:
+        sent.append(query)
+        return await real_fetch(conn, query, *args, **kwargs)
+
+    monkeypatch.setattr(asyncpg.Connection, "fetch", fetch)
     return sent
 
 
@@ -152,11 +161,11 @@ async def test_a_fenced_out_step_writes_nothing(db: Database) -> None:
 
 
 async def test_a_step_on_postgres_is_one_statement_heard_by_other_processes(
-    postgres_url: str,
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async with _writer_and_listener(postgres_url) as (db, other):
         project, run, lease = await _claimed_run(db)
-        sent = _statements_sent(db)
+        sent = _statements_sent(db, monkeypatch)
         with other.notifier.watch_run(run["id"]) as watch:
             await commit_step(
                 db,
@@ -200,12 +209,12 @@ async def test_a_step_on_postgres_is_one_statement_heard_by_other_processes(
 
 
 async def test_creating_a_run_on_postgres_is_one_statement_that_reads_back_the_same(
-    postgres_url: str,
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async with _writer_and_listener(postgres_url) as (db, other):
         project = await make_project(db)
         agent = await make_agent(db, project)
-        sent = _statements_sent(db)
+        sent = _statements_sent(db, monkeypatch)
         with other.notifier.watch_queue() as queued:
             queued.clear()
             run = await make_run(
@@ -271,14 +280,14 @@ async def _run_to_rest(
     ids=["completed", "paused", "failed"],
 )
 async def test_status_events_carry_the_run_as_stored(
-    db: Database, spec: dict[str, Any], status: str
+    db: Database, spec: dict[str, Any], status: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The worker's status changes: the run object in their events is the row as committed
     (on PostgreSQL rendered before the UPDATE, which is then the step's one statement)."""
     project = await make_project(db)
     agent = await make_agent(db, project, model="test", **spec)
     created = await make_run(db, project, agent["id"], "what\x00 time is it?", metadata={"k": 1})
-    sent = _statements_sent(db) if db.is_postgres else []
+    sent = _statements_sent(db, monkeypatch) if db.is_postgres else []
     run = await _run_to_rest(db, project, created["id"])
     assert run["status"] == status
     log = await events.list_events(db, run["id"])

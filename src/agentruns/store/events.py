@@ -12,6 +12,7 @@ from agentruns.store.clock import now
 from agentruns.store.database import Database, Tx, dumps_json, notify_column
 from agentruns.store.messages import MESSAGE_FORMAT_VERSION, append_messages
 from agentruns.store.notify import EVENTS_CHANNEL, RunEvent, events_payload
+from agentruns.store.pg_statements import DriverStatement
 from agentruns.store.tables import Time, run_events, run_messages, runs
 
 TERMINAL_EVENTS = frozenset({"run.completed", "run.failed", "run.cancelled"})
@@ -39,6 +40,11 @@ _STATUS_AND_AFTER = (
     .limit(sa.bindparam("limit"))
 )
 _PROJECT_STATUS_AND_AFTER = _STATUS_AND_AFTER.where(runs.c.project_id == sa.bindparam("project_id"))
+# An event stream's read is one per run on the hot path (see `pg_statements.py`).
+_STATUS_AND_AFTER_ON_POSTGRES = {
+    False: DriverStatement(_STATUS_AND_AFTER),
+    True: DriverStatement(_PROJECT_STATUS_AND_AFTER),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,12 +211,15 @@ async def status_and_events(
     (both are written by the same transaction), so a reader can stop once it has sent them.
     """
     params: dict[str, Any] = {"run_id": run_id, "after": after, "limit": limit}
-    statement = _STATUS_AND_AFTER
-    if project_id is not None:
+    scoped = project_id is not None
+    if scoped:
         params["project_id"] = project_id
-        statement = _PROJECT_STATUS_AND_AFTER
     async with db.read() as conn:
-        rows = (await conn.execute(statement, params)).all()
+        if db.is_postgres:
+            rows = await _STATUS_AND_AFTER_ON_POSTGRES[scoped].fetch(conn, params)
+        else:
+            statement = _PROJECT_STATUS_AND_AFTER if scoped else _STATUS_AND_AFTER
+            rows = list((await conn.execute(statement, params)).all())
     if not rows:
         return None, []
     events = [RunEvent(row[1], row[2], row[3]) for row in rows if row[1] is not None]

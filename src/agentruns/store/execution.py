@@ -25,6 +25,7 @@ from agentruns.store.database import (
 )
 from agentruns.store.messages import insert_from_array
 from agentruns.store.notify import EVENTS_CHANNEL, RunEvent, events_payload
+from agentruns.store.pg_statements import DriverStatement
 from agentruns.store.queue import Lease
 from agentruns.store.tables import Time, run_events
 from agentruns.store.transitions import (
@@ -116,7 +117,7 @@ def _rendered_events(
 
 
 @functools.lru_cache(maxsize=32)
-def _step_statement(columns: tuple[str, ...], notify: bool) -> sa.Select[Any]:
+def _step_statement(columns: tuple[str, ...], notify: bool) -> DriverStatement:
     """PostgreSQL: the fenced UPDATE and the inserts of its events and messages, as one
     statement (data-modifying CTEs).
 
@@ -162,8 +163,10 @@ def _step_statement(columns: tuple[str, ...], notify: bool) -> sa.Select[Any]:
             + sa.bindparam("notify_events", type_=sa.Text)
         )
         columns_out.append(notify_column(EVENTS_CHANNEL, payload))
-    return sa.select(*columns_out).add_cte(
-        insert_events.cte("inserted_events"), insert_messages.cte("inserted_messages")
+    return DriverStatement(
+        sa.select(*columns_out).add_cte(
+            insert_events.cte("inserted_events"), insert_messages.cte("inserted_messages")
+        )
     )
 
 
@@ -184,11 +187,11 @@ async def _commit_step_in_one_statement(
         updated_at = now()
         rendered = _rendered_events(values, events, current, updated_at)
         statement, params = _step_params(lease, values, rendered, messages, position, updated_at)
-        row = (await tx.conn.execute(statement, params)).first()
-        if row is None:
+        rows = await statement.fetch(tx.conn, params)
+        if not rows:
             raise LeaseLost(f"run {lease.run_id} is no longer held by this worker")
         if rendered:
-            first = row.event_seq - len(rendered) + 1
+            first = rows[0]["event_seq"] - len(rendered) + 1
             committed = [RunEvent(first + i, kind, data) for i, (kind, data) in enumerate(rendered)]
             await tx.announce_event(lease.run_id, rendered[-1][0], committed, notified=True)
 
@@ -200,7 +203,7 @@ def _step_params(
     messages: Sequence[dict[str, Any]],
     position: int,
     updated_at: float,
-) -> tuple[sa.Select[Any], dict[str, Any]]:
+) -> tuple[DriverStatement, dict[str, Any]]:
     encoded = [(kind, dumps_json(data)) for kind, data in rendered]
     params: dict[str, Any] = {
         f"set_{k}": without_nul(v) if isinstance(v, str) else v for k, v in values.items()

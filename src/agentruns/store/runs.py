@@ -15,6 +15,7 @@ from agentruns.store.events import insert_events
 from agentruns.store.messages import append_messages, insert_from_array, next_position
 from agentruns.store.notify import EVENTS_CHANNEL, QUEUE_CHANNEL, RunEvent, events_payload
 from agentruns.store.pagination import page
+from agentruns.store.pg_statements import DriverStatement
 from agentruns.store.tables import agents, idempotency_keys, run_events, runs
 from agentruns.store.transitions import (
     TERMINAL_STATUSES,
@@ -200,7 +201,9 @@ def _create_statement(production: bool) -> sa.Select[Any]:
     )
 
 
-_CREATE = {production: _create_statement(production) for production in (False, True)}
+_CREATE = {
+    production: DriverStatement(_create_statement(production)) for production in (False, True)
+}
 
 
 async def _create_run_in_one_statement(db: Database, new: NewRun) -> dict[str, Any]:
@@ -217,7 +220,7 @@ async def _create_run_in_one_statement(db: Database, new: NewRun) -> dict[str, A
     }
     async with db.write(one_statement=True) as tx:
         statement = _CREATE[new.environment == "production"]
-        if (await tx.conn.execute(statement, params)).first() is None:
+        if not await statement.fetch(tx.conn, params):
             raise AgentChanged(new.agent_id)
         await tx.announce_event(
             values["id"], "run.status", [RunEvent(1, "run.status", run)], notified=True
