@@ -53,6 +53,22 @@ class _Compiled:
         return values
 
 
+class AttributeRow:
+    """An asyncpg record read by attribute, as SQLAlchemy's rows are, for code that reads
+    rows from either."""
+
+    __slots__ = ("_record",)
+
+    def __init__(self, record: Any) -> None:
+        self._record = record
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self._record[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
 class DriverStatement:
     """A statement sent on the asyncpg connection under a SQLAlchemy connection; its rows
     are asyncpg's records (by index or by column name, not by attribute)."""
