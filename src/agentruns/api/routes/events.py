@@ -19,10 +19,10 @@ from operator import attrgetter
 
 import orjson
 from fastapi import APIRouter, Depends, Header, Query, Request
-from starlette.responses import StreamingResponse
 
 from agentruns.api.auth import current_project
 from agentruns.api.errors import APIError, not_found
+from agentruns.api.responses import EventStreamResponse
 from agentruns.errors import StoreError
 from agentruns.store import events as event_store
 from agentruns.store.events import TERMINAL_EVENTS
@@ -153,7 +153,7 @@ async def stream_events(
     project: str = Depends(current_project),
     after: int | None = Query(None, ge=0, le=MAX_SEQ),
     last_event_id: str | None = Header(None),
-) -> StreamingResponse:
+) -> EventStreamResponse:
     start = after or 0
     if last_event_id is not None:
         if not EVENT_ID.fullmatch(last_event_id.strip()) or int(last_event_id) > MAX_SEQ:
@@ -172,8 +172,7 @@ async def stream_events(
     if first is None:
         await stream.aclose()
         raise not_found("run", run_id)
-    return StreamingResponse(
+    return EventStreamResponse(
         _rest(stream),
-        media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

@@ -1,0 +1,118 @@
+"""An event stream response sends its chunks as they come, and stops at once when the
+client leaves while it waits, without disturbing the connection otherwise."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import uvicorn
+
+from agentruns.api.http_protocol import HTTPProtocol
+from agentruns.api.responses import EventStreamResponse
+from agentruns.service import listening_socket
+
+
+class Streams:
+    """An ASGI app whose every response streams `: n` chunks until `stop` is set."""
+
+    def __init__(self, chunks: int) -> None:
+        self.chunks = chunks
+        self.stop = asyncio.Event()
+        self.closed: list[str] = []  # how each stream ended: "done" or "closed"
+        self.handler_errors: list[BaseException] = []
+
+    async def _chunks(self) -> AsyncIterator[bytes]:
+        ended = "closed"
+        try:
+            for n in range(self.chunks):
+                yield b": %d\n\n" % n
+            await self.stop.wait()
+            ended = "done"
+        finally:
+            self.closed.append(ended)
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        try:
+            response = EventStreamResponse(self._chunks(), headers={"Cache-Control": "no-cache"})
+            await response(scope, receive, send)
+            # What the request's task does after the response (a middleware's exit, say)
+            # is not cancelled by the response's watch for a disconnect.
+            await asyncio.sleep(0.02)
+        except BaseException as exc:
+            self.handler_errors.append(exc)
+            raise
+
+
+@contextlib.asynccontextmanager
+async def serving(app: Streams) -> AsyncIterator[int]:
+    config = uvicorn.Config(app, http=HTTPProtocol, lifespan="off", log_level="warning")
+    server = uvicorn.Server(config)
+    sock = listening_socket("127.0.0.1", 0)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        for _ in range(500):  # at most 5 s
+            if server.started:
+                break
+            await asyncio.sleep(0.01)
+        yield sock.getsockname()[1]
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 10)
+
+
+async def _read_head(reader: asyncio.StreamReader) -> bytes:
+    return await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+
+
+async def _wait_for(condition: Any) -> None:
+    for _ in range(200):  # at most 2 s
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    pytest.fail("the condition did not come true within 2 s")
+
+
+async def test_chunks_arrive_in_order_and_the_connection_serves_the_next_request() -> None:
+    app = Streams(chunks=3)
+    async with serving(app) as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /a HTTP/1.1\r\nHost: test\r\n\r\n")
+        head = await _read_head(reader)
+        assert head.startswith(b"HTTP/1.1 200")
+        assert b"content-type: text/event-stream; charset=utf-8" in head.lower()
+        assert b"transfer-encoding: chunked" in head.lower()
+        body = b""
+        while len(re.findall(rb": (\d+)\n\n", body)) < 3:
+            body += await asyncio.wait_for(reader.read(4096), 5)
+        assert re.findall(rb": (\d+)\n\n", body) == [b"0", b"1", b"2"]
+        app.stop.set()
+        body += await asyncio.wait_for(reader.readuntil(b"0\r\n\r\n"), 5)
+        assert app.closed == ["done"]
+
+        # The same connection takes another request.
+        writer.write(b"GET /b HTTP/1.1\r\nHost: test\r\n\r\n")
+        assert (await _read_head(reader)).startswith(b"HTTP/1.1 200")
+        await asyncio.wait_for(reader.readuntil(b"0\r\n\r\n"), 5)  # `stop` is still set
+        writer.close()
+    assert app.closed == ["done", "done"]
+    assert app.handler_errors == []
+
+
+async def test_a_client_that_leaves_mid_stream_closes_the_stream_at_once() -> None:
+    app = Streams(chunks=1)
+    async with serving(app) as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
+        await _read_head(reader)
+        assert b": 0" in await asyncio.wait_for(reader.read(4096), 5)
+        # The stream now waits for `stop`, which never comes.
+        writer.close()
+        await _wait_for(lambda: app.closed == ["closed"])
+        # The handler returned normally: nobody is left to answer, and nothing to log.
+        await asyncio.sleep(0.05)
+        assert app.handler_errors == []
