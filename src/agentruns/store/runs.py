@@ -284,6 +284,7 @@ _RUN_OF_PROJECT_ON_POSTGRES = DriverStatement(_RUN_OF_PROJECT)
 
 async def get_run(db: Database, project_id: str, run_id: str) -> dict[str, Any] | None:
     params = {"run_id": run_id, "project_id": project_id}
+    row: Any
     async with db.read() as conn:
         if db.is_postgres:
             found = await _RUN_OF_PROJECT_ON_POSTGRES.fetch(conn, params)
