@@ -53,8 +53,10 @@ class EventStreamResponse(Response):
         sending = True
         left = False
 
-        def on_leaving(_: asyncio.Future[None]) -> None:
+        def on_leaving(ended: asyncio.Future[None]) -> None:
             nonlocal left
+            if not ended.cancelled():
+                ended.exception()  # a server whose receive raised: taken as leaving
             # Also called once the response is complete (the server then answers the
             # wait with a disconnect) or the watch is cancelled: only a client that left
             # while the stream still went on stops it, not whatever the task does next.
