@@ -116,3 +116,68 @@ async def test_a_client_that_leaves_mid_stream_closes_the_stream_at_once() -> No
         # The handler returned normally: nobody is left to answer, and nothing to log.
         await asyncio.sleep(0.05)
         assert app.handler_errors == []
+
+
+async def _never() -> None:
+    await asyncio.Event().wait()
+
+
+async def test_a_cancellation_from_elsewhere_goes_on_when_the_client_leaves_meanwhile() -> None:
+    """A shutdown cancels the stream; while its generator cleans up (a wait, as a connection
+    is handed back), the client leaves too: the shutdown's cancellation must not be taken
+    for the client's and absorbed."""
+    left = asyncio.Event()
+    cleaning_up = asyncio.Event()
+
+    async def receive() -> dict[str, Any]:
+        await left.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        pass
+
+    async def chunks() -> AsyncIterator[bytes]:
+        try:
+            yield b": 0\n\n"
+            await _never()
+        finally:
+            cleaning_up.set()
+            await asyncio.sleep(0.5)
+
+    task = asyncio.create_task(EventStreamResponse(chunks())({}, receive, send))  # type: ignore[arg-type]
+    await asyncio.sleep(0.01)
+    task.cancel()
+    await cleaning_up.wait()
+    left.set()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 5)
+
+
+async def test_a_cancellation_inside_send_closes_the_generator() -> None:
+    """Cancelled while a slow client's buffer drains: the generator, which may hold a
+    subscription, is closed there and then, not left to the garbage collector."""
+    closed = asyncio.Event()
+    draining = asyncio.Event()
+
+    async def receive() -> dict[str, Any]:
+        await _never()
+        raise AssertionError
+
+    async def send(message: dict[str, Any]) -> None:
+        if message.get("body"):
+            draining.set()
+            await _never()
+
+    async def chunks() -> AsyncIterator[bytes]:
+        try:
+            yield b": 0\n\n"
+            yield b": 1\n\n"
+        finally:
+            closed.set()
+
+    task = asyncio.create_task(EventStreamResponse(chunks())({}, receive, send))  # type: ignore[arg-type]
+    await draining.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 5)
+    assert closed.is_set()

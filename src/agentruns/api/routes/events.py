@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 from operator import attrgetter
 
 import orjson
@@ -139,7 +139,7 @@ async def event_stream(
                 more = len(batch) == PAGE
 
 
-async def _rest(stream: AsyncGenerator[bytes | None, None]) -> AsyncIterator[bytes]:
+async def _rest(stream: AsyncGenerator[bytes | None, None]) -> AsyncGenerator[bytes, None]:
     async with contextlib.aclosing(stream):
         async for chunk in stream:
             if chunk:
