@@ -4,17 +4,14 @@ client leaves while it waits, without disturbing the connection otherwise."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-import uvicorn
 
-from agentruns.api.http_protocol import HTTPProtocol
 from agentruns.api.responses import EventStreamResponse
-from agentruns.service import listening_socket
+from integration.on_both_loops.uvicorn_server import serving
 
 
 class Streams:
@@ -48,23 +45,6 @@ class Streams:
             raise
 
 
-@contextlib.asynccontextmanager
-async def serving(app: Streams) -> AsyncIterator[int]:
-    config = uvicorn.Config(app, http=HTTPProtocol, lifespan="off", log_level="warning")
-    server = uvicorn.Server(config)
-    sock = listening_socket("127.0.0.1", 0)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    try:
-        for _ in range(500):  # at most 5 s
-            if server.started:
-                break
-            await asyncio.sleep(0.01)
-        yield sock.getsockname()[1]
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 10)
-
-
 async def _read_head(reader: asyncio.StreamReader) -> bytes:
     return await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
 
@@ -79,7 +59,7 @@ async def _wait_for(condition: Any) -> None:
 
 async def test_chunks_arrive_in_order_and_the_connection_serves_the_next_request() -> None:
     app = Streams(chunks=3)
-    async with serving(app) as port:
+    async with serving(app) as (_, port):
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(b"GET /a HTTP/1.1\r\nHost: test\r\n\r\n")
         head = await _read_head(reader)
@@ -105,7 +85,7 @@ async def test_chunks_arrive_in_order_and_the_connection_serves_the_next_request
 
 async def test_a_client_that_leaves_mid_stream_closes_the_stream_at_once() -> None:
     app = Streams(chunks=1)
-    async with serving(app) as port:
+    async with serving(app) as (_, port):
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
         await _read_head(reader)

@@ -9,10 +9,8 @@ import struct
 import weakref
 from typing import Any
 
-import uvicorn
-
 from agentruns.api.http_protocol import HTTPProtocol
-from agentruns.service import listening_socket
+from integration.on_both_loops.uvicorn_server import serving
 
 
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -22,18 +20,7 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
 
 async def test_a_connection_reset_after_a_response_is_let_go_at_once() -> None:
-    config = uvicorn.Config(
-        app, http=HTTPProtocol, lifespan="off", log_level="warning", timeout_keep_alive=65
-    )
-    server = uvicorn.Server(config)
-    sock = listening_socket("127.0.0.1", 0)
-    port = sock.getsockname()[1]
-    serving = asyncio.create_task(server.serve(sockets=[sock]))
-    try:
-        for _ in range(500):  # at most 5 s
-            if server.started:
-                break
-            await asyncio.sleep(0.01)
+    async with serving(app, timeout_keep_alive=65) as (server, port):
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
         head = await reader.readuntil(b"\r\n\r\n")
@@ -54,6 +41,3 @@ async def test_a_connection_reset_after_a_response_is_let_go_at_once() -> None:
                 break
         # uvicorn's own protocol stays alive here for the 65 s keep-alive timeout.
         assert held() is None
-    finally:
-        server.should_exit = True
-        await serving
