@@ -39,11 +39,11 @@ _STATUS_AND_AFTER = (
     .order_by(run_events.c.seq)
     .limit(sa.bindparam("limit"))
 )
-_PROJECT_STATUS_AND_AFTER = _STATUS_AND_AFTER.where(runs.c.project_id == sa.bindparam("project_id"))
-# An event stream's read is one per run on the hot path (see `pg_statements.py`).
-_STATUS_AND_AFTER_ON_POSTGRES = {
+# An event stream's read is one per run on the hot path (see `pg_statements.py`); by
+# whether it is scoped to a project.
+_STATUS_AND_AFTER_READS = {
     False: DriverStatement(_STATUS_AND_AFTER),
-    True: DriverStatement(_PROJECT_STATUS_AND_AFTER),
+    True: DriverStatement(_STATUS_AND_AFTER.where(runs.c.project_id == sa.bindparam("project_id"))),
 }
 
 
@@ -215,11 +215,7 @@ async def status_and_events(
     if scoped:
         params["project_id"] = project_id
     async with db.read() as conn:
-        if db.is_postgres:
-            rows = await _STATUS_AND_AFTER_ON_POSTGRES[scoped].fetch(conn, params)
-        else:
-            statement = _PROJECT_STATUS_AND_AFTER if scoped else _STATUS_AND_AFTER
-            rows = list((await conn.execute(statement, params)).all())
+        rows = await _STATUS_AND_AFTER_READS[scoped].rows(conn, params)
     if not rows:
         return None, []
     events = [RunEvent(row[1], row[2], row[3]) for row in rows if row[1] is not None]

@@ -54,8 +54,8 @@ class _Compiled:
 
 
 class AttributeRow:
-    """An asyncpg record read by attribute, as SQLAlchemy's rows are, for code that reads
-    rows from either."""
+    """An asyncpg record read by attribute or by index, as SQLAlchemy's rows are, for code
+    that reads rows from either."""
 
     __slots__ = ("_record",)
 
@@ -68,14 +68,17 @@ class AttributeRow:
         except KeyError:
             raise AttributeError(name) from None
 
+    def __getitem__(self, index: int) -> Any:
+        return self._record[index]
+
 
 class DriverStatement:
-    """A statement sent on the asyncpg connection under a SQLAlchemy connection; its rows
-    are asyncpg's records (by index or by column name, not by attribute)."""
+    """A statement sent on the asyncpg connection under a SQLAlchemy connection: `fetch`
+    gives asyncpg's records (by index or by column name), `rows` reads on either database."""
 
     __slots__ = ("_compiled", "_statement")
 
-    def __init__(self, statement: sa.ClauseElement) -> None:
+    def __init__(self, statement: sa.Select[Any]) -> None:
         self._statement = statement
         self._compiled: _Compiled | None = None
 
@@ -87,3 +90,10 @@ class DriverStatement:
         # attributes, nothing more.
         driver: Any = conn.sync_connection.connection.driver_connection  # type: ignore[union-attr]
         return await driver.fetch(compiled.sql, *compiled.arguments(params))  # type: ignore[no-any-return]
+
+    async def rows(self, conn: AsyncConnection, params: Mapping[str, Any]) -> Sequence[Any]:
+        """Its rows on either database, read by attribute or by index: on PostgreSQL sent on
+        the driver, on SQLite (where SQLAlchemy's layer costs little) through SQLAlchemy."""
+        if isinstance(conn, AsyncConnection):  # PostgreSQL's (SQLite's is `LoopConnection`)
+            return [AttributeRow(record) for record in await self.fetch(conn, params)]
+        return (await conn.execute(self._statement, params)).all()

@@ -18,7 +18,7 @@ from agentruns.store.database import Database, Tx, notify_column
 from agentruns.store.events import Appended, append, last_event_type
 from agentruns.store.messages import messages_of
 from agentruns.store.notify import EVENTS_CHANNEL, MAX_PAYLOAD_EVENTS_BYTES, RunEvent
-from agentruns.store.pg_statements import AttributeRow, DriverStatement
+from agentruns.store.pg_statements import DriverStatement
 from agentruns.store.tables import Time, run_events, run_messages, runs
 from agentruns.store.transitions import render_run, run_object_sql, status_events, update_run
 
@@ -145,8 +145,7 @@ async def _claim(
     params = {"limit": limit, "worker": worker_id, "ts": ts, "until": ts + lease_s}
     if db.is_postgres:
         async with db.write(one_statement=True) as tx:
-            claimed = await _CLAIM_ON_POSTGRES.fetch(tx.conn, params)
-            rows: list[Any] = sorted(map(AttributeRow, claimed), key=_queue_order)
+            rows = sorted(await _CLAIM_ON_POSTGRES.rows(tx.conn, params), key=_queue_order)
             for row in rows:
                 event = RunEvent(row.event_seq, "run.status", row.run)
                 await tx.announce_event(row.id, "run.status", [event], notified=True)

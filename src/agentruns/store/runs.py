@@ -15,7 +15,7 @@ from agentruns.store.events import insert_events
 from agentruns.store.messages import append_messages, insert_from_array, next_position
 from agentruns.store.notify import EVENTS_CHANNEL, QUEUE_CHANNEL, RunEvent, events_payload
 from agentruns.store.pagination import page
-from agentruns.store.pg_statements import AttributeRow, DriverStatement
+from agentruns.store.pg_statements import DriverStatement
 from agentruns.store.tables import agents, idempotency_keys, run_events, runs
 from agentruns.store.transitions import (
     TERMINAL_STATUSES,
@@ -275,23 +275,18 @@ async def _create_run(
     return run, True
 
 
-_RUN_OF_PROJECT = sa.select(runs).where(
-    runs.c.id == sa.bindparam("run_id"), runs.c.project_id == sa.bindparam("project_id")
-)
 # Read by every poll of a client that waits for its run without following its events.
-_RUN_OF_PROJECT_ON_POSTGRES = DriverStatement(_RUN_OF_PROJECT)
+_RUN_OF_PROJECT = DriverStatement(
+    sa.select(runs).where(
+        runs.c.id == sa.bindparam("run_id"), runs.c.project_id == sa.bindparam("project_id")
+    )
+)
 
 
 async def get_run(db: Database, project_id: str, run_id: str) -> dict[str, Any] | None:
-    params = {"run_id": run_id, "project_id": project_id}
-    row: Any
     async with db.read() as conn:
-        if db.is_postgres:
-            found = await _RUN_OF_PROJECT_ON_POSTGRES.fetch(conn, params)
-            row = AttributeRow(found[0]) if found else None
-        else:
-            row = (await conn.execute(_RUN_OF_PROJECT, params)).first()
-    return None if row is None else render_run(row)
+        found = await _RUN_OF_PROJECT.rows(conn, {"run_id": run_id, "project_id": project_id})
+    return render_run(found[0]) if found else None
 
 
 async def list_runs(
